@@ -1,0 +1,35 @@
+# Set-up and entry points. `make demo` and `make test` each create the virtual
+# environment on first use, so either one works on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+# Pin torch first: the same pin resolves to the CPU wheel on CPU-only machines and
+# to the CUDA build on GPU machines. A loose requirement would pull CUDA packages.
+TORCH ?= torch==2.13.0
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup demo test lint format clean-demo
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Main job: the tiny EKD + TAKD chain on the embedded Multi30k corpus.
+demo: setup
+	$(BIN)/evokd chain --plan tiny
+
+test: setup lint
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check evokd tests
+	$(BIN)/ruff format --check evokd tests
+
+format: setup
+	$(BIN)/ruff format evokd tests
+	$(BIN)/ruff check --fix evokd tests

@@ -1,0 +1,70 @@
+"""Loading fairseq checkpoints on torch >= 2.6, with errors that name the file.
+
+torch >= 2.6 unpickles checkpoints with ``weights_only=True``; fairseq stores an
+``argparse.Namespace`` (the model config of legacy architectures) in every checkpoint, so
+it has to be allow-listed once before any load. Standalone entry points that load
+checkpoints before importing :mod:`evokd` call :func:`register_safe_globals` themselves.
+"""
+
+import argparse
+import logging
+import os
+
+import torch
+
+from .errors import EvokdError
+
+logger = logging.getLogger(__name__)
+
+
+def register_safe_globals():
+    """Allow-list the non-tensor types that fairseq checkpoints hold."""
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:  # torch < 2.4 loads everything anyway
+        add([argparse.Namespace])
+
+
+class CheckpointError(EvokdError):
+    """A checkpoint file is missing, unreadable or does not fit the run."""
+
+
+def check_exists(path, flag):
+    """Fail early, naming the flag, when ``path`` is not a file."""
+    if not path:
+        raise CheckpointError(f"{flag}: no checkpoint path given")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{flag} {path}: no such file (expected a fairseq checkpoint .pt)")
+
+
+def load_checkpoint(path, flag="checkpoint"):
+    """Load a fairseq checkpoint to CPU (with fairseq's upgrades), or fail naming the file.
+
+    Returns the state dict with ``cfg`` (an OmegaConf config) and ``model``.
+    """
+    from fairseq import checkpoint_utils
+
+    check_exists(path, flag)
+    register_safe_globals()
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except Exception as exc:  # unpickling errors come in many types
+        raise CheckpointError(
+            f"{flag} {path}: not a readable fairseq checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{flag} {path}: not a fairseq checkpoint (expected the keys 'model' and "
+            f"'cfg'/'args', found {keys})"
+        )
+    return state
+
+
+def model_config(state):
+    """The model config (a Namespace for legacy architectures, else a DictConfig)."""
+    return state["cfg"]["model"]
+
+
+def architecture(state):
+    cfg = model_config(state)
+    return getattr(cfg, "arch", None) or getattr(cfg, "_name", None)
