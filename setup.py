@@ -27,7 +27,9 @@ setup(
         "test": ["pytest", "ruff==0.17.6"],
         "ct2": ["ctranslate2>=4"],
     },
-    entry_points={"console_scripts": ["evokd = evokd.cli:main"]},
+    entry_points={
+        "console_scripts": ["evokd = evokd.cli:main", "evokd-train = evokd.train:cli_main"]
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

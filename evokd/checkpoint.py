@@ -47,17 +47,27 @@ def load_checkpoint(path, flag="checkpoint"):
     register_safe_globals()
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    except Exception as exc:  # unpickling errors come in many types
-        raise CheckpointError(
-            f"{flag} {path}: not a readable fairseq checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
+    except Exception as exc:  # unpickling and upgrade errors come in many types
+        raise CheckpointError(f"{flag} {path}: {_diagnose(path, exc)}") from exc
     if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:
-        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(
-            f"{flag} {path}: not a fairseq checkpoint (expected the keys 'model' and "
-            f"'cfg'/'args', found {keys})"
-        )
+        raise CheckpointError(f"{flag} {path}: {_not_fairseq(state)}")
     return state
+
+
+def _not_fairseq(state):
+    found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+    return f"not a fairseq checkpoint (expected the keys 'model' and 'cfg'/'args', found {found})"
+
+
+def _diagnose(path, exc):
+    """Why fairseq could not load ``path``: not a torch file, or not a fairseq one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return f"not a readable fairseq checkpoint ({type(exc).__name__}: {exc})"
+    if not isinstance(state, dict) or "model" not in state:
+        return _not_fairseq(state)
+    return f"not a readable fairseq checkpoint ({type(exc).__name__}: {exc})"
 
 
 def model_config(state):
@@ -68,3 +78,30 @@ def model_config(state):
 def architecture(state):
     cfg = model_config(state)
     return getattr(cfg, "arch", None) or getattr(cfg, "_name", None)
+
+
+def copy_weights(model, path, flag="--init-student-from"):
+    """Copy the model weights stored in ``path`` into ``model`` (nothing else).
+
+    Parameter names and shapes must match exactly; otherwise the error lists the first
+    mismatches with both shapes.
+    """
+    state = load_checkpoint(path, flag)
+    theirs = state["model"]
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    shapes = [
+        f"{k}: checkpoint {tuple(theirs[k].shape)} vs student {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        details = shapes[:5] + [f"missing in checkpoint: {k}" for k in missing[:3]]
+        details += [f"not in student: {k}" for k in unexpected[:3]]
+        raise CheckpointError(
+            f"{flag} {path}: its weights (architecture {architecture(state)!r}) do not fit "
+            f"the student: " + "; ".join(details)
+        )
+    model.load_state_dict(theirs, strict=True, model_cfg=model_config(state))
+    logger.info(f"student initialised from {path} ({len(ours)} tensors); optimizer fresh")

@@ -24,6 +24,7 @@ def _setup_logging():
         datefmt="%Y-%m-%d %H:%M:%S",
         level=os.environ.get("LOGLEVEL", "INFO").upper(),
         stream=sys.stderr,
+        force=True,  # importing fairseq configures the root logger already
     )
 
 

@@ -1,0 +1,123 @@
+"""Where the raw parallel text of a corpus comes from.
+
+A corpus yields raw (untokenized) sentence pairs per split; :mod:`evokd.data.prepare`
+runs the same pipeline on every corpus. The splits are ``train``, ``valid`` and ``test``;
+a corpus with ``valid_every = n`` has no valid source: every n-th kept training pair
+becomes a valid pair instead (fairseq's IWSLT14 recipe).
+"""
+
+from pathlib import Path
+
+from evokd.errors import EvokdError
+
+from .textio import check_parallel, read_lines
+
+SPLITS = ("train", "valid", "test")
+MULTI30K_DIR = Path(__file__).resolve().parent.parent / "corpora" / "multi30k"
+MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # ours -> its file names
+
+
+def check_languages_differ(src, tgt):
+    if src == tgt:
+        raise EvokdError(f"--src and --tgt are both {src!r}; expected two languages")
+
+
+class Corpus:
+    """Raw sentence pairs of one corpus. Subclasses fill in :meth:`check` and :meth:`pairs`."""
+
+    name = "corpus"
+    valid_every = 0  # > 0: valid is every n-th kept training pair, not a split of its own
+    default_clean = False
+    default_vocab_size = 8000
+
+    def __init__(self, src="de", tgt="en"):
+        check_languages_differ(src, tgt)
+        self.src, self.tgt = src, tgt
+
+    @property
+    def splits(self):
+        """The splits this corpus reads itself (``valid`` is missing when carved from train)."""
+        return tuple(s for s in SPLITS if not (s == "valid" and self.valid_every))
+
+    def check(self):
+        """Fail with an error naming the input unless every split can be read; cheap."""
+        raise NotImplementedError
+
+    def size(self, split):
+        """Number of raw pairs of ``split`` (after :meth:`check`), for progress bars."""
+        raise NotImplementedError
+
+    def pairs(self, split):
+        """Yield the raw (source, target) pairs of ``split``."""
+        raise NotImplementedError
+
+    def sources(self):
+        """A JSON-able description of the inputs, stored in prepare.json."""
+        raise NotImplementedError
+
+
+class FilesCorpus(Corpus):
+    """Plain (or gzipped) text files ``{split: (source file, target file)}``."""
+
+    def __init__(self, name, files, src="de", tgt="en", default_vocab_size=8000):
+        super().__init__(src, tgt)
+        self.name = name
+        self.files = {split: (Path(s), Path(t)) for split, (s, t) in files.items()}
+        self.default_vocab_size = default_vocab_size
+        self._sizes = {}
+
+    def check(self):
+        for split in self.splits:
+            self._sizes[split] = check_parallel(*self.files[split], split)
+
+    def size(self, split):
+        return self._sizes.get(split)
+
+    def pairs(self, split):
+        src_path, tgt_path = self.files[split]
+        yield from zip(read_lines(src_path), read_lines(tgt_path))
+
+    def sources(self):
+        return {s: [str(p.resolve()) for p in self.files[s]] for s in self.splits}
+
+
+def multi30k(raw_dir=None, src="de", tgt="en"):
+    """Multi30k task 1 (shipped gzipped in ``evokd/corpora/multi30k``), or a copy in ``raw_dir``.
+
+    ``raw_dir`` holds ``{train,val,test}.{src,tgt}``; ``val`` becomes our ``valid``.
+    """
+    check_languages_differ(src, tgt)
+    if raw_dir is None:
+        if {src, tgt} != {"de", "en"}:
+            raise EvokdError(
+                f"--src {src} --tgt {tgt}: the shipped Multi30k has only de and en; "
+                "pass --raw-dir for other languages"
+            )
+        folder, ext = MULTI30K_DIR, ".gz"
+    else:
+        folder, ext = Path(raw_dir), ""
+        if not folder.is_dir():
+            raise EvokdError(
+                f"--raw-dir {raw_dir}: no such folder (expected one holding "
+                f"{{train,val,test}}.{{{src},{tgt}}})"
+            )
+    files = {
+        ours: tuple(folder / f"{theirs}.{lang}{ext}" for lang in (src, tgt))
+        for ours, theirs in MULTI30K_SPLITS.items()
+    }
+    return FilesCorpus("multi30k", files, src, tgt, default_vocab_size=8000)
+
+
+def text_corpus(train, valid, test, src="de", tgt="en"):
+    """Any corpus given as file prefixes: ``PREFIX.src`` and ``PREFIX.tgt`` per split."""
+    prefixes = {"train": train, "valid": valid, "test": test}
+    missing = [f"--{split}" for split, prefix in prefixes.items() if not prefix]
+    if missing:
+        raise EvokdError(
+            f"corpus 'text' needs {', '.join(missing)} PREFIX (files PREFIX.{src} and PREFIX.{tgt})"
+        )
+    files = {
+        split: tuple(Path(f"{prefix}.{lang}") for lang in (src, tgt))
+        for split, prefix in prefixes.items()
+    }
+    return FilesCorpus("text", files, src, tgt)

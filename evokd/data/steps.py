@@ -1,0 +1,166 @@
+"""The steps of ``evokd prepare``; each skips itself when its outputs exist.
+
+Every step writes under temporary names and renames its outputs into place when it is
+done, so an interrupted run leaves either finished outputs or none (``*.partial`` files
+are removed or overwritten).
+"""
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from evokd.errors import EvokdError
+
+from . import bpe
+from .corpora import SPLITS
+from .layout import binarized_files, spm_model_path, text_dir, text_path
+from .moses import Cleaner, Tokenizer
+from .textio import atomic_writers, one_line
+
+logger = logging.getLogger(__name__)
+
+
+def _done(paths, step):
+    if all(Path(p).exists() for p in paths):
+        logger.info("%s: outputs exist, skipped", step)
+        return True
+    return False
+
+
+def _tokenized(corpus, split, tokenizers, cleaner):
+    """Yield ``(dest split, tokenized pair, raw pair)`` for the raw pairs of ``split``.
+
+    Training pairs go through the cleaner; with ``corpus.valid_every = n`` every n-th kept
+    training pair goes to ``valid``.
+    """
+    carve = split == "train" and corpus.valid_every
+    kept = 0
+    with tqdm(corpus.pairs(split), total=corpus.size(split), desc=f"tokenize {split}") as bar:
+        for raw in bar:
+            tok = tuple(tokenizers[i].tokenize(line) for i, line in enumerate(raw))
+            if split == "train" and cleaner:
+                tok = cleaner(*tok)
+                if tok is None:
+                    continue
+            kept += 1
+            yield ("valid" if carve and kept % corpus.valid_every == 0 else split), tok, raw
+
+
+def tokenize_step(corpus, out, clean, train_size, eval_size):
+    """Tokenize (and clean) every split into ``{split}.tok.*`` and ``{valid,test}.raw.*``.
+
+    ``train_size``/``eval_size`` keep the first pairs only; reading stops once every split
+    that a stream feeds is full.
+    """
+    langs = (corpus.src, corpus.tgt)
+    keys = [(s, lang, kind) for s in SPLITS for kind in ("tok", "raw") for lang in langs]
+    keys = [key for key in keys if not (key[0] == "train" and key[2] == "raw")]
+    if _done([text_path(out, *key) for key in keys], "tokenize"):
+        return
+    tokenizers = [Tokenizer(lang) for lang in langs]
+    cleaner = Cleaner(clean) if clean else None
+    limits = {"train": train_size, "valid": eval_size, "test": eval_size}
+    counts = Counter()
+
+    def full(split):
+        return limits[split] is not None and counts[split] >= limits[split]
+
+    with atomic_writers([text_path(out, *key) for key in keys]) as files:
+        files = dict(zip(keys, files))
+        for split in corpus.splits:
+            fed = ("train", "valid") if split == "train" and corpus.valid_every else (split,)
+            for dest, tok, raw in _tokenized(corpus, split, tokenizers, cleaner):
+                if full(dest):
+                    if all(full(s) for s in fed):
+                        break
+                    continue
+                counts[dest] += 1
+                for tokenizer, lang, t, r in zip(tokenizers, langs, tok, raw):
+                    files[dest, lang, "tok"].write(tokenizer.finish(t) + "\n")
+                    if dest != "train":
+                        files[dest, lang, "raw"].write(one_line(r) + "\n")
+        if cleaner:
+            logger.info("cleaning kept %d of %d training pairs", cleaner.kept, cleaner.seen)
+        for split in SPLITS:
+            if not counts[split]:
+                raise EvokdError(
+                    f"the {split} split came out empty"
+                    + (" (too few training pairs to carve it from)" if split == "valid" else "")
+                    + "; check the inputs, --train-size and --eval-size"
+                )
+    logger.info("tokenize: %s pairs", ", ".join(f"{s} {counts[s]}" for s in SPLITS))
+
+
+def bpe_step(out, src, tgt, vocab_size, threads):
+    model = spm_model_path(out)
+    if not _done([model, model.with_suffix(".vocab")], "bpe-train"):
+        logger.info("learning a joint BPE model (%d pieces)", vocab_size)
+        inputs = [text_path(out, "train", lang, "tok") for lang in (src, tgt)]
+        bpe.train(inputs, model.with_suffix(""), vocab_size)
+    encoder = None
+    for split in SPLITS:
+        for lang in (src, tgt):
+            path = text_path(out, split, lang)
+            if path.exists():
+                continue
+            encoder = encoder or bpe.Encoder(model, threads=threads)
+            encoder.encode_file(text_path(out, split, lang, "tok"), path, f"bpe {split}.{lang}")
+
+
+def binarize_step(out, src, tgt, workers):
+    """``fairseq-preprocess --joined-dictionary`` into a temporary folder, then moved in."""
+    if _done(binarized_files(out, src, tgt), "binarize"):
+        return
+    tmp = out / ".binarize.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    prefix = {split: str(text_dir(out) / split) for split in SPLITS}
+    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--source-lang", src,
+           "--target-lang", tgt, "--joined-dictionary", "--trainpref", prefix["train"],
+           "--validpref", prefix["valid"], "--testpref", prefix["test"],
+           "--destdir", str(tmp), "--workers", str(workers)]  # fmt: skip
+    logger.info("binarizing: %s", " ".join(cmd))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    tail = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        if any(key in line for key in (" Dictionary: ", " sents, ")):
+            logger.info("fairseq-preprocess: %s", line.split("preprocess:", 1)[-1].strip())
+        tail = (tail + [line])[-5:]
+    if proc.wait() != 0:
+        raise EvokdError(
+            f"fairseq-preprocess failed (exit status {proc.returncode}): "
+            + " / ".join(tail)
+            + f"; {out} stays unfinished, rerun to resume"
+        )
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+
+
+_SUMMARY = re.compile(r"\[(\S+)\] (\S+): (\d+) sents, (\d+) tokens(?:, (\S+)% replaced)?")
+_DICT = re.compile(r"\[(\S+)\] Dictionary: (\d+) types")
+
+
+def parse_preprocess_log(path):
+    """Dictionary size and per-file sentence/token counts from fairseq's preprocess.log."""
+    stats = {"dictionary_size": None, "files": {}}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if m := _DICT.search(line):
+                stats["dictionary_size"] = int(m.group(2))
+            elif m := _SUMMARY.search(line):
+                stats["files"][Path(m.group(2)).name] = {
+                    "sentences": int(m.group(3)),
+                    "tokens": int(m.group(4)),
+                    "unk_percent": float(m.group(5) or 0),
+                }
+    return stats

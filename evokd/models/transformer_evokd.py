@@ -1,0 +1,60 @@
+"""The EKD roles as named fairseq architectures of the ``transformer`` model.
+
+Evolving KD (Zhang, Huang and Zhang, ICTAI 2025, arXiv 2605.09924) uses
+``transformer_iwslt_de_en`` (6+6 layers, FFN 1024, 4 heads) for every role; only the
+embedding width differs: student 128, junior teacher 256, senior teacher 512. The
+``tiny`` variants keep those ratios (1 : 2 : 4, and the same embedding : FFN ratios of
+1:8, 1:4 and 1:2) at CPU size: 3+3 layers, FFN 512, embeddings 64 / 128 / 256.
+
+Every value is a default: command-line flags (``--encoder-layers 2``) override it.
+"""
+
+from fairseq.models import register_model_architecture
+from fairseq.models.transformer.transformer_legacy import transformer_iwslt_de_en
+from fairseq.utils import safe_getattr
+
+
+def _evokd_architecture(args, embed_dim, ffn_dim=1024, layers=6, heads=4):
+    for side in ("encoder", "decoder"):
+        for name, value in (
+            ("embed_dim", embed_dim),
+            ("ffn_embed_dim", ffn_dim),
+            ("layers", layers),
+            ("attention_heads", heads),
+        ):
+            key = f"{side}_{name}"
+            setattr(args, key, safe_getattr(args, key, value))
+    transformer_iwslt_de_en(args)
+
+
+@register_model_architecture("transformer", "transformer_evokd_student")
+def transformer_evokd_student(args):
+    _evokd_architecture(args, embed_dim=128)
+
+
+@register_model_architecture("transformer", "transformer_evokd_junior")
+def transformer_evokd_junior(args):
+    _evokd_architecture(args, embed_dim=256)
+
+
+@register_model_architecture("transformer", "transformer_evokd_senior")
+def transformer_evokd_senior(args):
+    _evokd_architecture(args, embed_dim=512)
+
+
+TINY = dict(ffn_dim=512, layers=3, heads=4)
+
+
+@register_model_architecture("transformer", "transformer_evokd_tiny_student")
+def transformer_evokd_tiny_student(args):
+    _evokd_architecture(args, embed_dim=64, **TINY)
+
+
+@register_model_architecture("transformer", "transformer_evokd_tiny_junior")
+def transformer_evokd_tiny_junior(args):
+    _evokd_architecture(args, embed_dim=128, **TINY)
+
+
+@register_model_architecture("transformer", "transformer_evokd_tiny_senior")
+def transformer_evokd_tiny_senior(args):
+    _evokd_architecture(args, embed_dim=256, **TINY)

@@ -1,0 +1,18 @@
+import pytest
+
+from tests import utils
+
+
+@pytest.fixture(scope="session")
+def data_bin(tmp_path_factory):
+    """200 training and 40 validation Multi30k pairs, binarized (joined dictionary)."""
+    return utils.make_data_bin(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(data_bin, tmp_path_factory):
+    """A tiny teacher (2 layers, width 32) trained for two epochs with plain LS-CE."""
+    save_dir = tmp_path_factory.mktemp("teacher")
+    wider = ["--encoder-embed-dim", "48", "--decoder-embed-dim", "48"]
+    utils.train(data_bin, save_dir, "transformer_evokd_tiny_senior", extra=wider, epochs=2)
+    return save_dir / "checkpoint_last.pt"

@@ -1,0 +1,154 @@
+"""Helpers for evokd tests: tiny binarized data, tiny models, CLI runs.
+
+Like fairseq's own tests/utils.py: a few hundred real sentence pairs (the shipped
+Multi30k), binarized with fairseq-preprocess, 2-layer models trained for an epoch.
+"""
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import evokd
+
+EVOKD_DIR = os.path.dirname(os.path.abspath(evokd.__file__))
+CORPUS = Path(EVOKD_DIR) / "corpora" / "multi30k"
+
+# Tiny widths on top of the tiny architectures: seconds per epoch on a CPU.
+TINY_MODEL = [
+    "--encoder-layers", "2", "--decoder-layers", "2",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]  # fmt: skip
+TRAIN_FLAGS = [
+    "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "2000",
+    "--label-smoothing", "0.1", "--cpu", "--seed", "1", "--num-workers", "0",
+    "--no-progress-bar", "--log-format", "json", "--log-interval", "1",
+]  # fmt: skip
+
+
+def fairseq_script(name):
+    """Command for a console script of this environment (fairseq-train, evokd, ...)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return [str(candidate)]
+    modules = {
+        "fairseq-train": "fairseq_cli.train",
+        "fairseq-generate": "fairseq_cli.generate",
+        "fairseq-preprocess": "fairseq_cli.preprocess",
+        "evokd": "evokd.cli",
+        "evokd-train": "evokd.train",
+    }
+    return [sys.executable, "-m", modules[name]]
+
+
+def run(cmd, cwd=None, check=True, env=None):
+    """Run a command, returning (returncode, combined output); fail loudly if asked."""
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}")
+    return proc.returncode, proc.stdout
+
+
+def read_pairs(split, n):
+    out = []
+    for lang in ("de", "en"):
+        with gzip.open(CORPUS / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+            out.append([next(f).strip() for _ in range(n)])
+    return list(zip(*out))
+
+
+def make_data_bin(root, n_train=200, n_valid=40):
+    """Lowercased, whitespace-split Multi30k pairs binarized with a joined dictionary."""
+    root = Path(root)
+    text = root / "text"
+    text.mkdir(parents=True, exist_ok=True)
+    for split, source, n in (("train", "train", n_train), ("valid", "val", n_valid)):
+        pairs = read_pairs(source, n)
+        for i, lang in enumerate(("de", "en")):
+            lines = [" ".join(re.findall(r"\w+|[^\w\s]", p[i].lower())) for p in pairs]
+            (text / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dest = root / "bin"
+    run(
+        fairseq_script("fairseq-preprocess")
+        + ["--source-lang", "de", "--target-lang", "en", "--joined-dictionary"]
+        + ["--trainpref", str(text / "train"), "--validpref", str(text / "valid")]
+        + ["--testpref", str(text / "valid"), "--destdir", str(dest), "--workers", "1"]
+    )
+    return dest
+
+
+def train(data_bin, save_dir, arch, extra=(), epochs=1, script="fairseq-train"):
+    """Train with the CLI; returns the log as a list of parsed JSON records."""
+    cmd = (
+        fairseq_script(script)
+        + [str(data_bin), "--user-dir", EVOKD_DIR, "--arch", arch, "--save-dir", str(save_dir)]
+        + TINY_MODEL
+        + TRAIN_FLAGS
+        + ["--max-epoch", str(epochs)]
+        + list(extra)
+    )
+    if "--criterion" not in extra:
+        cmd += ["--criterion", "label_smoothed_cross_entropy"]
+    _, out = run(cmd)
+    return parse_json_log(out), out
+
+
+def parse_json_log(output):
+    """fairseq's ``--log-format json`` records, each tagged with its logger in ``"_tag"``
+    (``train_inner`` per update, ``valid`` and ``train`` per epoch)."""
+    records = []
+    for line in output.splitlines():
+        match = re.search(r"\|\s*(\w+)\s*\|\s*(\{.*\})\s*$", line)
+        if not match:
+            continue
+        try:
+            record = json.loads(match.group(2))
+        except json.JSONDecodeError:
+            continue
+        record["_tag"] = match.group(1)
+        records.append(record)
+    return records
+
+
+def updates(records):
+    """(num_updates, loss, nll_loss, gnorm) of every logged update."""
+    return [
+        (r["num_updates"], r["loss"], r["nll_loss"], r["gnorm"])
+        for r in records
+        if r["_tag"] == "train_inner"
+    ]
+
+
+def build_task_model_criterion(data_bin, extra=()):
+    """Set up task, model and criterion in-process, through fairseq's own CLI parser."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = [str(data_bin), "--user-dir", EVOKD_DIR] + TINY_MODEL + TRAIN_FLAGS + list(extra)
+    if "--criterion" not in extra:
+        argv += ["--criterion", "label_smoothed_cross_entropy"]
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, input_args=argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    return cfg, task, model, criterion
+
+
+def batch(task, indices, split="train"):
+    dataset = task.dataset(split)
+    return dataset.collater([dataset[i] for i in indices])
