@@ -42,6 +42,7 @@ def fairseq_script(name):
         "fairseq-preprocess": "fairseq_cli.preprocess",
         "evokd": "evokd.cli",
         "evokd-train": "evokd.train",
+        "torchrun": "torch.distributed.run",
     }
     return [sys.executable, "-m", modules[name]]
 
@@ -110,7 +111,8 @@ def parse_json_log(output):
     (``train_inner`` per update, ``valid`` and ``train`` per epoch)."""
     records = []
     for line in output.splitlines():
-        match = re.search(r"\|\s*(\w+)\s*\|\s*(\{.*\})\s*$", line)
+        # "... | INFO | train_inner | {...}", or "INFO:train_inner:{...}" under torchrun
+        match = re.search(r"(\w+)\s*[|:]\s*(\{.*\})\s*$", line)
         if not match:
             continue
         try:

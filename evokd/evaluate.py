@@ -1,0 +1,605 @@
+"""Evaluate a translation checkpoint: fairseq-generate, then tokenized BLEU, sacreBLEU and chrF.
+
+Stock ``fairseq-generate --remove-bpe`` translates (on the GPU when there is one); its whole
+output is kept in a log file. Three scores are computed from its ``H-`` lines:
+
+- ``bleu``: tokenized BLEU as the EKD paper reports it (like multi-bleu.perl and fairseq's
+  BLEU4): the lowercased, Moses-tokenized hypotheses against ``text/{subset}.tok.{tgt}`` of
+  a folder made by ``evokd prepare``, ``sacrebleu.corpus_bleu(hyps, [refs], tokenize="none")``;
+  without that file, against the references fairseq-generate prints (``T-`` lines);
+- ``sacrebleu`` and ``chrf``: hypotheses detokenized by sacremoses (which also undoes the
+  Moses escapes such as ``&apos;``) against the raw references ``text/{subset}.raw.{tgt}``,
+  case-insensitive since the models write lowercase; skipped (None) without raw references.
+
+Any raw parallel text can be scored too (:func:`evaluate` with ``src_file``/``ref_file``):
+the source is encoded with the prepared folder's own tokenizer and BPE and binarized into a
+temporary folder with the data's dictionaries, then translated the same way.
+
+:func:`average_last` averages the weights of the newest epoch checkpoints like fairseq's
+``scripts/average_checkpoints.py --num-epoch-checkpoints N``.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .checkpoint import CheckpointError, architecture, load_checkpoint, register_safe_globals
+from .errors import EvokdError
+
+logger = logging.getLogger(__name__)
+
+EVOKD_DIR = str(Path(__file__).resolve().parent)  # fairseq's --user-dir
+EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")  # as average_checkpoints.py matches them
+AVERAGED_KEY = "evokd_averaged"  # what an averaged checkpoint records about its inputs
+BUFFER_SUFFIXES = (".version", "._float_tensor")  # state-dict entries that are not parameters
+_HYPOTHESIS = re.compile(r"^H-(\d+)\t[^\t]*\t(.*)$")
+_TARGET = re.compile(r"^T-(\d+)\t(.*)$")
+_TRANSLATED = re.compile(r"Translated ([\d,]+) sentences .* in ([\d.]+)s \(([\d.]+) sentences/s")
+
+
+def _check_number(value, flag, minimum, kind=int):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if value is not None and not (ok and value >= minimum):
+        what = "a whole number" if kind is int else "a number"
+        raise EvokdError(f"{flag} {value}: expected {what} >= {minimum}")
+
+
+@dataclass
+class Decoding:
+    """fairseq-generate settings (flags of the same names)."""
+
+    beam: int = 5
+    lenpen: float = 1.0
+    max_tokens: Optional[int] = None  # 8000 unless batch_size is given
+    batch_size: Optional[int] = None
+    max_len_a: float = 0.0  # longest hypothesis: max_len_a * source length + max_len_b
+    max_len_b: int = 200
+    cpu: bool = False  # also without CUDA
+
+    def check(self):
+        _check_number(self.beam, "--beam", 1)
+        if not (isinstance(self.lenpen, (int, float)) and math.isfinite(self.lenpen)):
+            raise EvokdError(f"--lenpen {self.lenpen}: expected a finite number")
+        _check_number(self.max_tokens, "--max-tokens", 1)
+        _check_number(self.batch_size, "--batch-size", 1)
+        _check_number(self.max_len_a, "--max-len-a", 0, kind=float)
+        _check_number(self.max_len_b, "--max-len-b", 1)
+        if self.max_tokens is not None and self.batch_size is not None:
+            raise EvokdError("--max-tokens and --batch-size: give one or the other")
+
+    def fairseq_args(self):
+        import torch
+
+        args = ["--beam", str(self.beam), "--lenpen", str(self.lenpen)]
+        args += ["--max-len-a", str(self.max_len_a), "--max-len-b", str(self.max_len_b)]
+        if self.batch_size is not None:
+            args += ["--batch-size", str(self.batch_size)]
+        else:
+            args += ["--max-tokens", str(self.max_tokens or 8000)]
+        if self.cpu or not torch.cuda.is_available():
+            args.append("--cpu")
+        return args
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def count_parameters(model_state):
+    """Parameters of a model state dict: tied tensors once, buffers (``version``) not at all.
+
+    Equals ``sum(p.numel() for p in model.parameters())`` for fairseq's transformers, the
+    "num. shared model params" that fairseq-train logs.
+    """
+    import torch
+
+    seen, total = set(), 0
+    for key, tensor in model_state.items():
+        if key.endswith(BUFFER_SUFFIXES) or not torch.is_tensor(tensor):
+            continue
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+        if ident not in seen:
+            seen.add(ident)
+            total += tensor.numel()
+    return total
+
+
+def last_epoch_checkpoints(folder, n):
+    """The ``n`` newest ``checkpointE.pt`` in ``folder``, newest (highest epoch) first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvokdError(f"--average-last {n}: {folder}: no such folder of checkpoints")
+    found = sorted(
+        ((int(m.group(1)), path) for path in folder.iterdir() if (m := _epoch(path))),
+        reverse=True,
+    )
+    if len(found) < n:
+        names = ", ".join(p.name for _, p in found) or "none"
+        raise EvokdError(
+            f"--average-last {n}: {folder} holds {len(found)} epoch checkpoints "
+            f"checkpointE.pt ({names}); need at least {n}"
+        )
+    return [path for _, path in found[:n]]
+
+
+def _epoch(path):
+    return EPOCH_CHECKPOINT.fullmatch(path.name)
+
+
+def _load_raw(path, flag="--average-last"):
+    """A checkpoint as torch stored it (no fairseq upgrades), so it can be saved again."""
+    import torch
+
+    register_safe_globals()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        load_checkpoint(path, flag)  # raises an error that says what is wrong
+        raise CheckpointError(f"{flag}: {path}: cannot read ({exc})") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        load_checkpoint(path, flag)
+    return state
+
+
+def average_checkpoints(paths):
+    """The state of ``paths[0]`` with the model weights of all ``paths`` averaged.
+
+    As fairseq's ``scripts/average_checkpoints.py``: every checkpoint must hold the same
+    parameter names; fp16 tensors are averaged in fp32; integer tensors are floor-divided.
+    """
+    import torch
+
+    summed, new_state = {}, None
+    for path in paths:
+        state = _load_raw(path)
+        params = state["model"]
+        if new_state is None:
+            new_state = state
+        elif list(params) != list(summed) or any(
+            params[k].shape != summed[k].shape for k in summed
+        ):
+            raise CheckpointError(
+                f"--average-last: {path} does not hold the same parameters as {paths[0]} "
+                f"(architectures {architecture(state)!r} and {architecture(new_state)!r})"
+            )
+        for key, tensor in params.items():
+            if tensor.dtype == torch.float16:
+                tensor = tensor.float()
+            if key in summed:
+                summed[key] += tensor
+            else:
+                summed[key] = tensor.clone()  # clone: the tensor may be tied to another
+    for tensor in summed.values():
+        if tensor.is_floating_point():
+            tensor.div_(len(paths))
+        else:
+            tensor.floor_divide_(len(paths))
+    new_state["model"] = type(new_state["model"])(summed)
+    return new_state
+
+
+def _fingerprint(path, known=None):
+    """Name, size, mtime and sha256 of a file; the hash is reused from ``known`` when the
+    size and mtime are unchanged."""
+    stat = path.stat()
+    found = {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if known and all(known.get(k) == v for k, v in found.items()):
+        return dict(known)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {**found, "sha256": digest.hexdigest()}
+
+
+def _recorded_inputs(path):
+    """The inputs an earlier :func:`average_last` recorded in ``path``, or None."""
+    import torch
+
+    register_safe_globals()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return state[AVERAGED_KEY]["inputs"]
+    except Exception:
+        return None
+
+
+def _check_reusable(output, inputs, n):
+    """Fail unless ``output`` averages exactly the files ``inputs`` as they are now."""
+    recorded = _recorded_inputs(output)
+    if recorded is None:
+        raise EvokdError(
+            f"--average-last {n}: {output} exists and was not written by evokd evaluate "
+            "--average-last; move it away"
+        )
+    names, current = [r["file"] for r in recorded], [p.name for p in inputs]
+    if names == current and all(
+        _fingerprint(p, r)["sha256"] == r["sha256"] for r, p in zip(recorded, inputs)
+    ):
+        return
+    if names == current:
+        what = f"was made from {', '.join(names)} before they were rewritten"
+    else:
+        what = f"averages {', '.join(names)}, not the newest {', '.join(current)}"
+    raise EvokdError(
+        f"--average-last {n}: {output} exists and {what}; move it away to average again"
+    )
+
+
+def average_last(checkpoint, n):
+    """Average the ``n`` newest epoch checkpoints next to ``checkpoint`` (a file or folder).
+
+    Writes ``averaged_last{n}.pt`` in that folder and returns its path. An existing file
+    made from the same inputs is reused; one made from other inputs (or not by this
+    function) is an error, never overwritten.
+    """
+    import torch
+
+    _check_number(n, "--average-last", 2)
+    checkpoint = Path(checkpoint)
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    inputs = last_epoch_checkpoints(folder, n)
+    output = folder / f"averaged_last{n}.pt"
+    if output.exists():
+        _check_reusable(output, inputs, n)
+        logger.info(f"reusing {output}: averages {', '.join(p.name for p in inputs)}")
+        return output
+    logger.info(f"averaging {n} checkpoints: {', '.join(map(str, inputs))}")
+    state = average_checkpoints(inputs)
+    state[AVERAGED_KEY] = {"inputs": [_fingerprint(p) for p in inputs]}
+    partial = output.with_name(output.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, output)
+    return output
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def _languages(state, data):
+    """Source and target language: the checkpoint's, else the data folder's."""
+    from fairseq.data.data_utils import infer_language_pair
+
+    task = state["cfg"].get("task") or {}
+    src, tgt = task.get("source_lang"), task.get("target_lang")
+    if src is None or tgt is None:
+        src, tgt = infer_language_pair(str(data))
+    if src is None or tgt is None:
+        raise EvokdError(f"--data {data}: no binarized SPLIT.SRC-TGT.LANG.idx files found")
+    return src, tgt
+
+
+def _check_dictionaries(state, data, src, tgt):
+    """The checkpoint's embedding tables must have one row per dictionary entry."""
+    from fairseq.data import Dictionary
+
+    for side, lang in (("encoder", src), ("decoder", tgt)):
+        path = Path(data) / f"dict.{lang}.txt"
+        if not path.is_file():
+            raise EvokdError(f"--data {data}: no dict.{lang}.txt (expected a fairseq data-bin)")
+        weight = state["model"].get(f"{side}.embed_tokens.weight")
+        if weight is not None and weight.shape[0] != len(Dictionary.load(str(path))):
+            raise EvokdError(
+                f"--data {data}: dict.{lang}.txt has {len(Dictionary.load(str(path)))} entries "
+                f"but the checkpoint's {side} embeddings have {weight.shape[0]} rows; "
+                "the model was trained on other data"
+            )
+
+
+def subset_size(data, subset, src, tgt):
+    """Number of sentences of a binarized split, or an error naming the split."""
+    from fairseq.data import data_utils
+
+    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
+        prefix = Path(data) / f"{subset}.{pair}.{src}"
+        if Path(f"{prefix}.idx").is_file():
+            return len(data_utils.load_indexed_dataset(str(prefix), None))
+    splits = sorted({p.name.split(".")[0] for p in Path(data).glob(f"*.{src}-{tgt}.{src}.idx")})
+    raise EvokdError(
+        f"--subset {subset}: {data} has no {subset} split for {src}-{tgt} (expected "
+        f"{subset}.{src}-{tgt}.{src}.idx); it has: {', '.join(splits) or 'none'}"
+    )
+
+
+def _text_file(data, subset, lang, kind):
+    """A text file of a folder made by ``evokd prepare``, or None."""
+    from .data import text_path
+
+    try:
+        path = text_path(data, subset, lang, kind)
+    except ValueError:  # no such kind of file for this split
+        return None
+    return path if path.is_file() else None
+
+
+def _read_refs(path, n):
+    from .data.textio import read_lines
+
+    lines = list(read_lines(path))
+    if len(lines) != n:
+        raise EvokdError(f"{path}: {len(lines)} lines, but the binarized split has {n}")
+    return lines
+
+
+def _write_lines(path, lines):
+    from .data.textio import write_lines
+
+    write_lines(path, lines)
+    return str(path)
+
+
+def _check_parallel(src_file, ref_file):
+    from .data.textio import check_file, count_lines
+
+    for path, flag in ((src_file, "--src-file"), (ref_file, "--ref-file")):
+        check_file(path, f"{flag}: raw text, one segment per line, UTF-8")
+    n_src, n_ref = count_lines(src_file), count_lines(ref_file)
+    if n_src != n_ref:
+        raise EvokdError(
+            f"--src-file {src_file} has {n_src} lines but --ref-file {ref_file} has {n_ref}; "
+            "they must be aligned line by line"
+        )
+    return n_src
+
+
+def _binarize_source(lines, data, src, tgt, dest):
+    """A data-bin folder ``dest`` holding ``lines`` (BPE'd) as the source side of ``test``."""
+    import shutil
+
+    from fairseq.data import Dictionary, indexed_dataset
+
+    for lang in (src, tgt):
+        shutil.copyfile(Path(data) / f"dict.{lang}.txt", Path(dest) / f"dict.{lang}.txt")
+    dictionary = Dictionary.load(str(Path(data) / f"dict.{src}.txt"))
+    prefix = Path(dest) / f"test.{src}-{tgt}.{src}"
+    builder = indexed_dataset.make_builder(f"{prefix}.bin", "mmap", vocab_size=len(dictionary))
+    for line in lines:  # as fairseq-preprocess --srcdict does
+        builder.add_item(dictionary.encode_line(line, add_if_not_exist=False))
+    builder.finalize(f"{prefix}.idx")
+
+
+# --- translation and scores ------------------------------------------------------------------
+
+
+def generate(checkpoint, data, subset, src, tgt, decoding, log_path):
+    """Run fairseq-generate, its output into ``log_path``.
+
+    Returns ``(hypotheses, references, timing)``: the best hypothesis and the ``T-``
+    reference of each sentence id, BPE removed, as dicts; ``seconds`` (fairseq's decoding
+    time, model loading excluded) and ``sentences_per_second`` when it reported them, and
+    ``wall_seconds`` of the whole run.
+    """
+    cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data), "--path", str(checkpoint)]
+    cmd += ["--user-dir", EVOKD_DIR, "--gen-subset", subset, "--source-lang", src]
+    cmd += ["--target-lang", tgt, "--remove-bpe", "--num-workers", "0", "--no-progress-bar"]
+    # ve-fairseq drops the last batch when its size is not a multiple of this (8 by default)
+    cmd += ["--required-batch-size-multiple", "1"]
+    cmd += decoding.fairseq_args()
+    logger.info(f"translating {data} {subset} with fairseq-generate; output in {log_path}")
+    # Unbuffered, and no loader workers: nothing from stderr lands inside an H- line.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("# " + " ".join(cmd) + "\n")
+        log.flush()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    hyps, refs, timing = {}, {}, {"wall_seconds": round(time.perf_counter() - start, 2)}
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        lines = log.read().split("\n")
+    if code != 0:
+        last = next((line for line in reversed(lines) if line.strip()), "no output")
+        raise EvokdError(f"fairseq-generate failed (exit {code}): {last.strip()} (see {log_path})")
+    for line in lines:
+        if m := _HYPOTHESIS.match(line):
+            hyps.setdefault(int(m.group(1)), m.group(2))  # the best of --nbest
+        elif m := _TARGET.match(line):
+            refs[int(m.group(1))] = m.group(2)
+        elif m := _TRANSLATED.search(line):
+            timing.update(seconds=float(m.group(2)), sentences_per_second=float(m.group(3)))
+    return hyps, refs, timing
+
+
+def _in_order(by_id, n, what, log_path):
+    """``by_id[0..n-1]`` as a list, or an error naming the missing ids."""
+    missing = [i for i in range(n) if i not in by_id]
+    if missing or len(by_id) != n:
+        raise EvokdError(
+            f"fairseq-generate gave {len(by_id)} {what} for {n} sentences (missing ids "
+            f"{', '.join(map(str, missing[:10])) or 'none'}); see {log_path}"
+        )
+    return [by_id[i] for i in range(n)]
+
+
+def detokenize(lines, lang):
+    """Moses-detokenize (and unescape ``&apos;`` etc.) tokenized lines of language ``lang``."""
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang=lang)
+    return [detok.detokenize(line.split(), return_str=True) for line in lines]
+
+
+def score(hyps_tok, refs_tok, hyps_detok=None, refs_raw=None):
+    """Tokenized BLEU, and sacreBLEU and chrF when raw references are given; with signatures."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    scores = {}
+    metrics = [("bleu", BLEU(tokenize="none"), hyps_tok, refs_tok)]
+    if refs_raw is not None:
+        metrics.append(("sacrebleu", BLEU(lowercase=True), hyps_detok, refs_raw))
+        metrics.append(("chrf", CHRF(lowercase=True), hyps_detok, refs_raw))
+    for name, metric, hyps, refs in metrics:
+        scores[name] = metric.corpus_score(hyps, [refs]).score
+        scores[f"{name}_signature"] = str(metric.get_signature())
+    return scores
+
+
+# --- the whole evaluation --------------------------------------------------------------------
+
+
+def _check_arguments(checkpoint, data, subset, decoding, average_last_n, src_file, ref_file):
+    decoding.check()
+    _check_number(average_last_n, "--average-last", 2)
+    if (src_file is None) != (ref_file is None):
+        raise EvokdError("--src-file and --ref-file: give both or neither")
+    if src_file is not None and subset is not None:
+        raise EvokdError("--subset: not used with --src-file/--ref-file; give one or the other")
+    if not Path(data).is_dir():
+        raise EvokdError(f"--data {data}: no such folder (expected a fairseq data-bin folder)")
+    for path, flag in ((checkpoint, "CHECKPOINT"), (data, "--data")):
+        if os.pathsep in str(path):  # fairseq splits --path and DATA at os.pathsep
+            raise EvokdError(f"{flag} {path}: fairseq cannot read a path holding {os.pathsep!r}")
+
+
+def _subset_references(data, subset, tgt, n):
+    """(tokenized references or None, raw references or None, the tokenized file or None)."""
+    tok_file = _text_file(data, subset, tgt, "tok")
+    raw_file = _text_file(data, subset, tgt, "raw")
+    refs_tok = _read_refs(tok_file, n) if tok_file else None
+    refs_raw = _read_refs(raw_file, n) if raw_file else None
+    return refs_tok, refs_raw, tok_file
+
+
+def _encode_raw_text(data, src, tgt, src_file, ref_file):
+    """(BPE'd source lines, tokenized references, raw references) of raw parallel text."""
+    from .data import load_encoder, read_metadata
+    from .data.textio import one_line, read_lines
+
+    metadata = read_metadata(data)
+    if (metadata["src"], metadata["tgt"]) != (src, tgt):
+        raise EvokdError(
+            f"--data {data}: prepared for {metadata['src']}-{metadata['tgt']}, but the "
+            f"checkpoint translates {src}-{tgt}"
+        )
+    source = load_encoder(data, src).encode_lines(one_line(x) for x in read_lines(src_file))
+    refs_raw = list(read_lines(ref_file))
+    tokenizer = load_encoder(data, tgt)
+    return source, [tokenizer.tokenize(one_line(x)) for x in refs_raw], refs_raw
+
+
+def _output_stem(out, checkpoint, label):
+    """Where the output files go: ``{stem}.hyp.en`` and so on."""
+    if out is not None:
+        out = Path(out)
+        stem = out.with_suffix("") if out.suffix == ".json" else out
+    else:
+        stem = checkpoint.parent / f"{checkpoint.stem}.{label}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return stem
+
+
+def evaluate(
+    checkpoint,
+    data,
+    subset=None,
+    decoding=None,
+    average_last_n=None,
+    out=None,
+    src_file=None,
+    ref_file=None,
+):
+    """Translate and score; returns the result dict (written as JSON to ``out`` if given).
+
+    ``subset``: the binarized split of ``data`` to translate (default test); or
+    ``src_file`` and ``ref_file``: raw parallel text, encoded like ``data`` (then a folder
+    made by evokd prepare). ``decoding``: a :class:`Decoding`. ``average_last_n``: evaluate
+    the average of the N newest epoch checkpoints next to ``checkpoint`` instead (see
+    :func:`average_last`). The hypotheses and the fairseq-generate log go next to ``out``,
+    named after it, else into the checkpoint's folder as ``{checkpoint}.{subset}.*``.
+
+    Keys: checkpoint, data, subset (None with src_file), src_file, ref_file, beam, lenpen,
+    n_sentences, bleu (tokenized), sacrebleu, chrf (None without raw references) and their
+    ``*_signature``, parameters, architecture, seconds (decoding, as fairseq-generate
+    measures it), sentences_per_second, wall_seconds (translation run, model loading
+    included), hypotheses (detokenized), hypotheses_tok, references (tokenized), log,
+    averaged (the averaged checkpoints or None), notes.
+    """
+    decoding = decoding or Decoding()
+    _check_arguments(checkpoint, data, subset, decoding, average_last_n, src_file, ref_file)
+    subset, data = (None if src_file else subset or "test"), Path(data)
+    n = _check_parallel(src_file, ref_file) if src_file else None
+
+    # Everything that can be wrong with the input is found before translating.
+    inputs = None
+    if average_last_n:
+        folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+        inputs = last_epoch_checkpoints(folder, average_last_n)
+        state = load_checkpoint(str(inputs[0]), "--average-last")
+    else:
+        state = load_checkpoint(str(checkpoint), "CHECKPOINT")
+    src, tgt = _languages(state, data)
+    _check_dictionaries(state, data, src, tgt)
+    if src_file:
+        source, refs_tok, refs_raw = _encode_raw_text(data, src, tgt, src_file, ref_file)
+        tok_file = None
+    else:
+        n = subset_size(data, subset, src, tgt)
+        refs_tok, refs_raw, tok_file = _subset_references(data, subset, tgt, n)
+
+    checkpoint = average_last(folder, average_last_n) if inputs else Path(checkpoint)
+    stem = _output_stem(out, checkpoint, Path(src_file).name if src_file else subset)
+    log_path = Path(f"{stem}.generate.log")
+    if src_file:
+        with tempfile.TemporaryDirectory(prefix="evokd-eval-") as tmp:
+            _binarize_source(source, data, src, tgt, tmp)
+            hyps, refs, timing = generate(checkpoint, tmp, "test", src, tgt, decoding, log_path)
+    else:
+        hyps, refs, timing = generate(checkpoint, data, subset, src, tgt, decoding, log_path)
+    hyps_tok = _in_order(hyps, n, "hypotheses", log_path)
+
+    notes = []
+    if refs_tok is None:
+        if not refs:
+            raise EvokdError(
+                f"--data {data}: the {subset} split has no target side and there is no "
+                f"text/{subset}.tok.{tgt}: no references to score against"
+            )
+        notes.append(
+            f"no text/{subset}.tok.{tgt} in {data}: tokenized BLEU against the "
+            "references that fairseq-generate printed"
+        )
+        refs_tok = _in_order(refs, n, "references", log_path)
+    if refs_raw is None:
+        notes.append(f"no text/{subset}.raw.{tgt} in {data}: sacreBLEU and chrF skipped")
+    hyps_detok = detokenize(hyps_tok, tgt)
+    scores = score(hyps_tok, refs_tok, hyps_detok, refs_raw)
+    seconds = timing.get("seconds", timing["wall_seconds"])
+    result = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "subset": subset,
+        "src_file": src_file and str(src_file),
+        "ref_file": ref_file and str(ref_file),
+        "beam": decoding.beam,
+        "lenpen": decoding.lenpen,
+        "n_sentences": n,
+    }
+    for name in ("bleu", "sacrebleu", "chrf"):
+        result[name] = scores.get(name)
+        result[f"{name}_signature"] = scores.get(f"{name}_signature")
+    result.update(
+        parameters=count_parameters(state["model"]),
+        architecture=architecture(state),
+        seconds=seconds,
+        sentences_per_second=timing.get("sentences_per_second", round(n / max(seconds, 0.01), 2)),
+        wall_seconds=timing["wall_seconds"],
+        hypotheses=_write_lines(f"{stem}.hyp.{tgt}", hyps_detok),
+        hypotheses_tok=_write_lines(f"{stem}.hyp.tok.{tgt}", hyps_tok),
+        references=str(tok_file) if tok_file else _write_lines(f"{stem}.ref.tok.{tgt}", refs_tok),
+        log=str(log_path),
+        averaged=[str(p) for p in inputs] if inputs else None,
+        notes=notes,
+    )
+    if out is not None:
+        _write_lines(out, [json.dumps(result, indent=2, ensure_ascii=False)])
+    return result

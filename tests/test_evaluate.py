@@ -1,0 +1,288 @@
+"""`evokd evaluate` (scores, parameter count, checkpoint averaging, errors) and the report."""
+
+import json
+import shutil
+
+import pytest
+import sacrebleu
+import torch
+from sacremoses import MosesDetokenizer
+
+from evokd import cli
+from evokd.errors import EvokdError
+from evokd.evaluate import AVERAGED_KEY, average_last
+from evokd.report import markdown_table, write_report
+from tests import utils
+
+# Tiny models trained for an epoch or two repeat one word until --max-len-b: keep it short.
+FAST = ["--beam", "2", "--max-len-b", "8"]
+
+
+@pytest.fixture
+def evokd_main(monkeypatch, capsys):
+    """``evokd`` in-process with the evaluate subcommand; returns (exit code, stdout, stderr)."""
+    monkeypatch.setitem(cli.COMMANDS, "evaluate", ("evokd.cli.evaluate", "evaluate"))
+
+    def run(*argv):
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def lines_of(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().split("\n")[:-1]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --- the fixture data: no text/ folder, references from fairseq-generate's T- lines ----------
+
+
+@pytest.fixture(scope="module")
+def epochs_dir(teacher_ckpt, tmp_path_factory):
+    """A copy of the teacher's two epoch checkpoints (averaging writes next to them)."""
+    folder = tmp_path_factory.mktemp("epochs")
+    for name in ("checkpoint1.pt", "checkpoint2.pt"):
+        shutil.copy(teacher_ckpt.parent / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def averaged_result(epochs_dir, data_bin, tmp_path_factory):
+    """`evokd evaluate --average-last 2` on the fixture data, as JSON."""
+    out = tmp_path_factory.mktemp("results") / "teacher.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(cli.COMMANDS, "evaluate", ("evokd.cli.evaluate", "evaluate"))
+        argv = [epochs_dir / "checkpoint_last.pt", "--data", data_bin, "--average-last", 2]
+        assert cli.main(["evaluate", *map(str, argv), "--out", str(out), *FAST]) == 0
+    return read_json(out)
+
+
+def test_bleu_is_recomputable_from_the_files(averaged_result, data_bin):
+    result = averaged_result
+    hyps_tok = lines_of(result["hypotheses_tok"])
+    refs = lines_of(result["references"])
+    assert result["subset"] == "test" and result["beam"] == 2
+    assert result["n_sentences"] == len(hyps_tok) == len(refs) == 40  # make_data_bin's test
+    assert result["bleu"] == sacrebleu.corpus_bleu(hyps_tok, [refs], tokenize="none").score
+    assert "tok:none" in result["bleu_signature"]
+    # The references are the test text as fairseq-generate printed it: words or <<unk>>.
+    text = lines_of(data_bin.parent / "text" / "valid.en")
+    for ref, line in zip(refs, text):
+        assert len(ref.split()) == len(line.split())
+        assert all(r in (w, "<<unk>>") for r, w in zip(ref.split(), line.split()))
+    # Without raw references: no sacreBLEU/chrF, and a note saying so.
+    assert result["sacrebleu"] is None and result["chrf"] is None
+    assert any("raw" in note for note in result["notes"])
+    detok = MosesDetokenizer(lang="en")
+    expected = [detok.detokenize(h.split()) for h in hyps_tok]
+    assert lines_of(result["hypotheses"]) == expected
+    log = lines_of(result["log"])
+    assert sum(line.startswith("H-") for line in log) == 40
+    assert result["seconds"] >= 0 and result["sentences_per_second"] > 0
+
+
+def test_parameters_are_the_models(averaged_result, data_bin):
+    from fairseq import checkpoint_utils
+
+    state = torch.load(averaged_result["checkpoint"], weights_only=True)
+    tensors = sum(t.numel() for k, t in state["model"].items() if not k.endswith(".version"))
+    models, _ = checkpoint_utils.load_model_ensemble(
+        [averaged_result["checkpoint"]], arg_overrides={"data": str(data_bin)}
+    )
+    assert averaged_result["parameters"] == tensors  # no tied weights in this model
+    assert averaged_result["parameters"] == sum(p.numel() for p in models[0].parameters())
+    assert averaged_result["architecture"] == "transformer_evokd_tiny_senior"
+
+
+def test_average_is_the_elementwise_mean(averaged_result, epochs_dir):
+    assert averaged_result["checkpoint"] == str(epochs_dir / "averaged_last2.pt")
+    assert averaged_result["averaged"] == [
+        str(epochs_dir / "checkpoint2.pt"),
+        str(epochs_dir / "checkpoint1.pt"),
+    ]
+    first, second = (
+        torch.load(epochs_dir / name, weights_only=True)["model"]
+        for name in ("checkpoint1.pt", "checkpoint2.pt")
+    )
+    averaged = torch.load(epochs_dir / "averaged_last2.pt", weights_only=True)
+    assert list(averaged["model"]) == list(first)
+    for key, value in averaged["model"].items():
+        assert torch.equal(value, (first[key] + second[key]) / 2), key
+    assert not torch.equal(
+        first["encoder.embed_tokens.weight"], second["encoder.embed_tokens.weight"]
+    )
+    assert [r["file"] for r in averaged[AVERAGED_KEY]["inputs"]] == [
+        "checkpoint2.pt",
+        "checkpoint1.pt",
+    ]
+
+
+def test_average_is_reused_never_overwritten(averaged_result, epochs_dir, tmp_path):
+    folder = tmp_path / "ckpts"
+    shutil.copytree(epochs_dir, folder)
+    output = folder / "averaged_last2.pt"
+    before = output.read_bytes()
+    assert average_last(folder / "checkpoint_best.pt", 2) == output  # same inputs: reused
+    assert output.read_bytes() == before
+    state = torch.load(folder / "checkpoint1.pt", weights_only=True)
+    state["model"]["encoder.embed_tokens.weight"] += 1
+    torch.save(state, folder / "checkpoint1.pt")
+    with pytest.raises(EvokdError, match="averaged_last2.pt exists"):
+        average_last(folder, 2)
+    assert output.read_bytes() == before
+
+
+def test_average_needs_enough_checkpoints(evokd_main, epochs_dir, data_bin):
+    code, _, err = evokd_main(
+        "evaluate", epochs_dir / "checkpoint_last.pt", "--data", data_bin, "--average-last", 3
+    )
+    assert code == 2
+    assert str(epochs_dir) in err and "need at least 3" in err
+    assert "\n" not in err.strip()
+
+
+# --- a folder made by `evokd prepare`: tokenized and raw references --------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m30k") / "data-bin"
+    argv = ["prepare", "multi30k", "--train-size", "300", "--eval-size", "50"]
+    assert cli.main(argv + ["--vocab-size", "500", "--workers", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared_results(prepared, tmp_path_factory):
+    """The test split evaluated twice: as binarized, and from its raw text files."""
+    save_dir = tmp_path_factory.mktemp("m30k-model")
+    utils.train(prepared, save_dir, "transformer_evokd_tiny_student", epochs=1)
+    ckpt = save_dir / "checkpoint_last.pt"
+    out = tmp_path_factory.mktemp("m30k-results")
+    text = prepared / "text"
+    raw = ["--src-file", text / "test.raw.de", "--ref-file", text / "test.raw.en"]
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(cli.COMMANDS, "evaluate", ("evokd.cli.evaluate", "evaluate"))
+        for name, extra in (("subset", []), ("raw", raw)):
+            argv = ["evaluate", ckpt, "--data", prepared, "--out", out / f"{name}.json"]
+            assert cli.main([str(a) for a in argv + extra + FAST]) == 0
+            results[name] = read_json(out / f"{name}.json")
+    return results
+
+
+def test_raw_reference_metrics(prepared_results, prepared):
+    result = prepared_results["subset"]
+    text = prepared / "text"
+    hyps, hyps_tok = lines_of(result["hypotheses"]), lines_of(result["hypotheses_tok"])
+    refs_tok, refs_raw = lines_of(text / "test.tok.en"), lines_of(text / "test.raw.en")
+    # 50 is not a multiple of 8: ve-fairseq would drop the last 2 without our flag.
+    assert result["n_sentences"] == len(hyps) == 50
+    assert result["references"] == str(text / "test.tok.en")
+    assert result["bleu"] == sacrebleu.corpus_bleu(hyps_tok, [refs_tok], tokenize="none").score
+    bleu = sacrebleu.BLEU(lowercase=True)
+    assert result["sacrebleu"] == bleu.corpus_score(hyps, [refs_raw]).score
+    assert result["sacrebleu_signature"] == str(bleu.get_signature())
+    chrf = sacrebleu.CHRF(lowercase=True)
+    assert result["chrf"] == chrf.corpus_score(hyps, [refs_raw]).score
+    assert "case:lc" in result["chrf_signature"] and result["chrf"] > 0
+    assert result["notes"] == []
+
+
+def test_raw_text_files_score_like_the_binarized_split(prepared_results):
+    subset, raw = prepared_results["subset"], prepared_results["raw"]
+    assert raw["subset"] is None and raw["src_file"].endswith("test.raw.de")
+    assert lines_of(raw["hypotheses_tok"]) == lines_of(subset["hypotheses_tok"])
+    assert lines_of(raw["references"]) == lines_of(subset["references"])
+    for key in ("n_sentences", "bleu", "sacrebleu", "chrf", "parameters", "chrf_signature"):
+        assert raw[key] == subset[key], key
+
+
+# --- errors before any work ----------------------------------------------------------------
+
+
+def test_errors_name_what_is_wrong(evokd_main, data_bin, teacher_ckpt, tmp_path):
+    src, ref, empty = tmp_path / "a.de", tmp_path / "a.en", tmp_path / "empty.en"
+    src.write_text("ein hund .\nzwei hunde .\n", encoding="utf-8")
+    ref.write_text("a dog .\n", encoding="utf-8")
+    empty.write_text("", encoding="utf-8")
+    missing = tmp_path / "nope.pt"
+    cases = [
+        ([missing, "--data", data_bin], [str(missing), "no such file"]),
+        ([teacher_ckpt, "--data", tmp_path / "nodata"], ["nodata", "no such folder"]),
+        ([teacher_ckpt, "--data", data_bin, "--subset", "dev9"], ["dev9", "test", "valid"]),
+        ([teacher_ckpt, "--data", data_bin, "--src-file", src, "--ref-file", ref], ["2 lines"]),
+        ([teacher_ckpt, "--data", data_bin, "--src-file", src, "--ref-file", empty], ["empty"]),
+        ([teacher_ckpt, "--data", data_bin, "--src-file", src], ["--ref-file"]),
+        ([teacher_ckpt, "--data", data_bin, "--beam", 0], ["--beam 0"]),
+        ([teacher_ckpt, "--data", data_bin, "--max-tokens", -5], ["--max-tokens -5"]),
+    ]
+    for argv, expected in cases:
+        code, out, err = evokd_main("evaluate", *argv)
+        assert code == 2, (argv, err)
+        assert err.startswith("evokd evaluate: error:") and err.count("\n") == 1, err
+        for text in expected:
+            assert text in err, (argv, err)
+        assert not list(teacher_ckpt.parent.glob("*.generate.log")) and out == ""
+
+
+# --- the results report --------------------------------------------------------------------
+
+SIGNATURES = {
+    "bleu_signature": "nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:2.6.0",
+    "sacrebleu_signature": "nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:2.6.0",
+    "chrf_signature": "nrefs:1|case:lc|eff:yes|nc:6|nw:0|space:no|version:2.6.0",
+}
+
+
+def stage(name, parameters, teacher=None, init_from=None, scores=None, **extra):
+    bleu, sacre, chrf = scores or (None, None, None)
+    row = dict(stage=name, architecture="transformer_evokd_student", parameters=parameters)
+    row.update(teacher=teacher, init_from=init_from, bleu=bleu, sacrebleu=sacre, chrf=chrf)
+    row.update(updates=extra.get("updates"), wall_seconds=extra.get("wall_seconds"))
+    return {**row, **(SIGNATURES if bleu is not None else {})}
+
+
+def test_report_writes_table_json_and_plot(tmp_path):
+    rows = [
+        stage("student", 1_234_567, scores=(30.111, 29.5, 55.25), updates=1000, wall_seconds=65),
+        stage("senior_teacher", 9_876_543, scores=(34.32, 33.0, 58.5), updates=2000),
+        stage("junior_student", 1_234_567, "senior_teacher", scores=(31.0, 30.0, 56.0)),
+        stage("master_student", 1_234_567, "senior_teacher", "junior_student", updates=500),
+    ]
+    paths = write_report(tmp_path / "results", rows, title="tiny EKD", command=["evokd", "x"])
+    assert sorted(p.name for p in paths.values()) == ["results.json", "results.md", "results.png"]
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    table = markdown_table(rows)
+    assert table in markdown and "# tiny EKD" in markdown
+    lines = {line.split(" | ")[0][2:]: line for line in table.splitlines()[2:]}
+    assert lines["student"] == (
+        "| student | 1,234,567 | - | - | 30.11 | 29.50 | 55.25 | 1,000 | 1m 05s |"
+    )
+    assert "| 9,876,543 | - | - | 34.32 | 33.00 | 58.50 | 2,000 | - |" in lines["senior_teacher"]
+    assert "| senior_teacher | - | 31.00 | 30.00 | 56.00 |" in lines["junior_student"]
+    assert lines["master_student"] == (
+        "| master_student | 1,234,567 | senior_teacher | junior_student | - | - | - | 500 | - |"
+    )
+    for signature in SIGNATURES.values():
+        assert f"`{signature}`" in markdown
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert record["rows"] == rows and record["command"] == "evokd x"
+    assert record["signatures"]["chrf"] == [SIGNATURES["chrf_signature"]]
+    png = paths["plot"].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_report_without_scores_still_plots(tmp_path):
+    paths = write_report(tmp_path, [stage("student", 1000)])
+    assert "| student | 1,000 | - | - | - | - | - | - | - |" in paths["markdown"].read_text()
+    assert paths["plot"].read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="repeat"):
+        write_report(tmp_path, [stage("a", 1), stage("a", 2)])
