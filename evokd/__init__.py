@@ -6,7 +6,12 @@ architectures, and lets torch >= 2.6 load fairseq checkpoints (see
 :mod:`evokd.checkpoint`).
 """
 
-from .checkpoint import register_safe_globals
+import logging
+
+# fairseq logs an INFO line about tensorboardX on import; it concerns speech tasks only.
+logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
+
+from .checkpoint import register_safe_globals  # noqa: E402
 
 register_safe_globals()
 

@@ -15,7 +15,7 @@ Any raw parallel text can be scored too (:func:`evaluate` with ``src_file``/``re
 the source is encoded with the prepared folder's own tokenizer and BPE and binarized into a
 temporary folder with the data's dictionaries, then translated the same way.
 
-:func:`average_last` averages the weights of the newest epoch checkpoints like fairseq's
+:func:`average_last_checkpoints` averages the weights of the newest epoch checkpoints like fairseq's
 ``scripts/average_checkpoints.py --num-epoch-checkpoints N``.
 """
 
@@ -120,10 +120,8 @@ def last_epoch_checkpoints(folder, n):
     folder = Path(folder)
     if not folder.is_dir():
         raise EvokdError(f"--average-last {n}: {folder}: no such folder of checkpoints")
-    found = sorted(
-        ((int(m.group(1)), path) for path in folder.iterdir() if (m := _epoch(path))),
-        reverse=True,
-    )
+    matches = ((EPOCH_CHECKPOINT.fullmatch(p.name), p) for p in folder.iterdir())
+    found = sorted(((int(m.group(1)), p) for m, p in matches if m), reverse=True)
     if len(found) < n:
         names = ", ".join(p.name for _, p in found) or "none"
         raise EvokdError(
@@ -133,10 +131,6 @@ def last_epoch_checkpoints(folder, n):
     return [path for _, path in found[:n]]
 
 
-def _epoch(path):
-    return EPOCH_CHECKPOINT.fullmatch(path.name)
-
-
 def _load_raw(path, flag="--average-last"):
     """A checkpoint as torch stored it (no fairseq upgrades), so it can be saved again."""
     import torch
@@ -144,11 +138,11 @@ def _load_raw(path, flag="--average-last"):
     register_safe_globals()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        load_checkpoint(path, flag)  # raises an error that says what is wrong
-        raise CheckpointError(f"{flag}: {path}: cannot read ({exc})") from exc
+    except Exception:
+        state = None
     if not isinstance(state, dict) or "model" not in state:
-        load_checkpoint(path, flag)
+        load_checkpoint(path, flag)  # raises the error that says what is wrong
+        raise CheckpointError(f"{flag}: {path}: not a fairseq checkpoint")
     return state
 
 
@@ -204,7 +198,7 @@ def _fingerprint(path, known=None):
 
 
 def _recorded_inputs(path):
-    """The inputs an earlier :func:`average_last` recorded in ``path``, or None."""
+    """The inputs an earlier :func:`average_last_checkpoints` recorded in ``path``, or None."""
     import torch
 
     register_safe_globals()
@@ -237,7 +231,7 @@ def _check_reusable(output, inputs, n):
     )
 
 
-def average_last(checkpoint, n):
+def average_last_checkpoints(checkpoint, n):
     """Average the ``n`` newest epoch checkpoints next to ``checkpoint`` (a file or folder).
 
     Writes ``averaged_last{n}.pt`` in that folder and returns its path. An existing file
@@ -447,9 +441,9 @@ def score(hyps_tok, refs_tok, hyps_detok=None, refs_raw=None):
 # --- the whole evaluation --------------------------------------------------------------------
 
 
-def _check_arguments(checkpoint, data, subset, decoding, average_last_n, src_file, ref_file):
+def _check_arguments(checkpoint, data, subset, decoding, average_last, src_file, ref_file):
     decoding.check()
-    _check_number(average_last_n, "--average-last", 2)
+    _check_number(average_last, "--average-last", 2)
     if (src_file is None) != (ref_file is None):
         raise EvokdError("--src-file and --ref-file: give both or neither")
     if src_file is not None and subset is not None:
@@ -475,7 +469,10 @@ def _encode_raw_text(data, src, tgt, src_file, ref_file):
     from .data import load_encoder, read_metadata
     from .data.textio import one_line, read_lines
 
-    metadata = read_metadata(data)
+    try:
+        metadata = read_metadata(data)
+    except EvokdError as exc:
+        raise EvokdError(f"--src-file needs the tokenizer and BPE of --data: {exc}") from exc
     if (metadata["src"], metadata["tgt"]) != (src, tgt):
         raise EvokdError(
             f"--data {data}: prepared for {metadata['src']}-{metadata['tgt']}, but the "
@@ -487,24 +484,32 @@ def _encode_raw_text(data, src, tgt, src_file, ref_file):
     return source, [tokenizer.tokenize(one_line(x)) for x in refs_raw], refs_raw
 
 
-def _output_stem(out, checkpoint, label):
+def _output_stem(out, out_dir, checkpoint, label):
     """Where the output files go: ``{stem}.hyp.en`` and so on."""
     if out is not None:
         out = Path(out)
         stem = out.with_suffix("") if out.suffix == ".json" else out
     else:
-        stem = checkpoint.parent / f"{checkpoint.stem}.{label}"
+        stem = Path(out_dir or checkpoint.parent) / f"{checkpoint.stem}.{label}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     return stem
 
 
-def evaluate(
+def evaluate_checkpoint(
     checkpoint,
     data,
     subset=None,
-    decoding=None,
-    average_last_n=None,
+    *,
+    beam=5,
+    lenpen=1.0,
+    max_tokens=None,
+    batch_size=None,
+    max_len_a=0.0,
+    max_len_b=200,
+    cpu=False,
+    average_last=None,
     out=None,
+    out_dir=None,
     src_file=None,
     ref_file=None,
 ):
@@ -512,10 +517,11 @@ def evaluate(
 
     ``subset``: the binarized split of ``data`` to translate (default test); or
     ``src_file`` and ``ref_file``: raw parallel text, encoded like ``data`` (then a folder
-    made by evokd prepare). ``decoding``: a :class:`Decoding`. ``average_last_n``: evaluate
-    the average of the N newest epoch checkpoints next to ``checkpoint`` instead (see
-    :func:`average_last`). The hypotheses and the fairseq-generate log go next to ``out``,
-    named after it, else into the checkpoint's folder as ``{checkpoint}.{subset}.*``.
+    made by evokd prepare). ``beam`` ... ``cpu``: see :class:`Decoding`. ``average_last``:
+    evaluate the average of the N newest epoch checkpoints next to ``checkpoint`` instead
+    (see :func:`average_last_checkpoints`). The hypotheses and the fairseq-generate log go
+    next to ``out``, named after it; else into ``out_dir`` (default: the checkpoint's
+    folder) as ``{checkpoint name}.{subset}.*``.
 
     Keys: checkpoint, data, subset (None with src_file), src_file, ref_file, beam, lenpen,
     n_sentences, bleu (tokenized), sacrebleu, chrf (None without raw references) and their
@@ -524,16 +530,16 @@ def evaluate(
     included), hypotheses (detokenized), hypotheses_tok, references (tokenized), log,
     averaged (the averaged checkpoints or None), notes.
     """
-    decoding = decoding or Decoding()
-    _check_arguments(checkpoint, data, subset, decoding, average_last_n, src_file, ref_file)
+    decoding = Decoding(beam, lenpen, max_tokens, batch_size, max_len_a, max_len_b, cpu)
+    _check_arguments(checkpoint, data, subset, decoding, average_last, src_file, ref_file)
     subset, data = (None if src_file else subset or "test"), Path(data)
     n = _check_parallel(src_file, ref_file) if src_file else None
 
     # Everything that can be wrong with the input is found before translating.
     inputs = None
-    if average_last_n:
+    if average_last:
         folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-        inputs = last_epoch_checkpoints(folder, average_last_n)
+        inputs = last_epoch_checkpoints(folder, average_last)
         state = load_checkpoint(str(inputs[0]), "--average-last")
     else:
         state = load_checkpoint(str(checkpoint), "CHECKPOINT")
@@ -546,8 +552,8 @@ def evaluate(
         n = subset_size(data, subset, src, tgt)
         refs_tok, refs_raw, tok_file = _subset_references(data, subset, tgt, n)
 
-    checkpoint = average_last(folder, average_last_n) if inputs else Path(checkpoint)
-    stem = _output_stem(out, checkpoint, Path(src_file).name if src_file else subset)
+    checkpoint = average_last_checkpoints(folder, average_last) if inputs else Path(checkpoint)
+    stem = _output_stem(out, out_dir, checkpoint, Path(src_file).name if src_file else subset)
     log_path = Path(f"{stem}.generate.log")
     if src_file:
         with tempfile.TemporaryDirectory(prefix="evokd-eval-") as tmp:

@@ -130,8 +130,10 @@ def _human(n):
 
 
 def plot(rows, path, title=None):
-    """Tokenized BLEU by stage against model size; arrows go from teacher to student."""
-    from matplotlib.figure import Figure  # no pyplot: the Agg canvas, no global state
+    """Tokenized BLEU by stage against model size (log scale), one marker per role; solid
+    arrows from teacher to student, dashed ones from the stage a student started from."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # not pyplot: no global state, no display
     from matplotlib.ticker import NullFormatter
 
     roles = _roles(rows)
@@ -141,6 +143,7 @@ def plot(rows, path, title=None):
         if row.get("parameters") and row.get("bleu") is not None
     }
     fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for role in list(STYLE) + sorted(set(roles.values()) - set(STYLE)):
         marker, colour, label = STYLE.get(role, ("D", None, role))

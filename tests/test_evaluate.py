@@ -10,7 +10,7 @@ from sacremoses import MosesDetokenizer
 
 from evokd import cli
 from evokd.errors import EvokdError
-from evokd.evaluate import AVERAGED_KEY, average_last
+from evokd.evaluate import AVERAGED_KEY, average_last_checkpoints, evaluate_checkpoint
 from evokd.report import markdown_table, write_report
 from tests import utils
 
@@ -129,13 +129,15 @@ def test_average_is_reused_never_overwritten(averaged_result, epochs_dir, tmp_pa
     shutil.copytree(epochs_dir, folder)
     output = folder / "averaged_last2.pt"
     before = output.read_bytes()
-    assert average_last(folder / "checkpoint_best.pt", 2) == output  # same inputs: reused
+    assert (
+        average_last_checkpoints(folder / "checkpoint_best.pt", 2) == output
+    )  # same inputs: reused
     assert output.read_bytes() == before
     state = torch.load(folder / "checkpoint1.pt", weights_only=True)
     state["model"]["encoder.embed_tokens.weight"] += 1
     torch.save(state, folder / "checkpoint1.pt")
     with pytest.raises(EvokdError, match="averaged_last2.pt exists"):
-        average_last(folder, 2)
+        average_last_checkpoints(folder, 2)
     assert output.read_bytes() == before
 
 
@@ -161,21 +163,27 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared_results(prepared, tmp_path_factory):
-    """The test split evaluated twice: as binarized, and from its raw text files."""
+    """The test split evaluated twice: as binarized (through the CLI), and from its raw
+    text files (through the library, as the chain runner calls it)."""
     save_dir = tmp_path_factory.mktemp("m30k-model")
     utils.train(prepared, save_dir, "transformer_evokd_tiny_student", epochs=1)
     ckpt = save_dir / "checkpoint_last.pt"
     out = tmp_path_factory.mktemp("m30k-results")
-    text = prepared / "text"
-    raw = ["--src-file", text / "test.raw.de", "--ref-file", text / "test.raw.en"]
-    results = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(cli.COMMANDS, "evaluate", ("evokd.cli.evaluate", "evaluate"))
-        for name, extra in (("subset", []), ("raw", raw)):
-            argv = ["evaluate", ckpt, "--data", prepared, "--out", out / f"{name}.json"]
-            assert cli.main([str(a) for a in argv + extra + FAST]) == 0
-            results[name] = read_json(out / f"{name}.json")
-    return results
+        argv = ["evaluate", ckpt, "--data", prepared, "--out", out / "subset.json", *FAST]
+        assert cli.main([str(a) for a in argv]) == 0
+    text = prepared / "text"
+    raw = evaluate_checkpoint(
+        str(ckpt),
+        str(prepared),
+        src_file=str(text / "test.raw.de"),
+        ref_file=str(text / "test.raw.en"),
+        beam=2,
+        max_len_b=8,
+        out_dir=str(out / "raw"),
+    )
+    return {"subset": read_json(out / "subset.json"), "raw": raw, "out": out}
 
 
 def test_raw_reference_metrics(prepared_results, prepared):
@@ -199,6 +207,9 @@ def test_raw_reference_metrics(prepared_results, prepared):
 def test_raw_text_files_score_like_the_binarized_split(prepared_results):
     subset, raw = prepared_results["subset"], prepared_results["raw"]
     assert raw["subset"] is None and raw["src_file"].endswith("test.raw.de")
+    out_dir = prepared_results["out"] / "raw"
+    assert raw["hypotheses"] == str(out_dir / "checkpoint_last.test.raw.de.hyp.en")
+    assert raw["log"] == str(out_dir / "checkpoint_last.test.raw.de.generate.log")
     assert lines_of(raw["hypotheses_tok"]) == lines_of(subset["hypotheses_tok"])
     assert lines_of(raw["references"]) == lines_of(subset["references"])
     for key in ("n_sentences", "bleu", "sacrebleu", "chrf", "parameters", "chrf_signature"):

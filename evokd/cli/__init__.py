@@ -15,6 +15,12 @@ from evokd.errors import EvokdError
 # name -> (module, one-line help). Order is the order of ``evokd --help``.
 COMMANDS = {
     "prepare": ("evokd.cli.prepare", "tokenize, BPE and binarize a parallel corpus"),
+    "chain": ("evokd.cli.chain", "run a chain plan (EKD, TAKD, ...): train, evaluate, report"),
+    "recipe": ("evokd.cli.recipe", "one stage of the chain, as the bin/*.sh recipes run it"),
+    "evaluate": (
+        "evokd.cli.evaluate",
+        "translate a test set and score it (tokenized BLEU, sacreBLEU, chrF)",
+    ),
 }
 
 
@@ -48,8 +54,16 @@ def build_parser():
 
 
 def main(argv=None):
+    """``evokd COMMAND [options] [-- passthrough flags]``: what follows ``--`` is left
+    unparsed in ``args.passthrough`` (extra fairseq flags for the commands that take them)."""
     _setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    args.passthrough = passthrough
     try:
         return args._run(args) or 0
     except EvokdError as exc:

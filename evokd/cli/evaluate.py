@@ -120,9 +120,12 @@ def summary(result):
 
 
 def run(args):
-    from evokd.evaluate import Decoding, evaluate
+    from evokd.evaluate import evaluate_checkpoint
 
-    decoding = Decoding(
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        subset=args.subset,
         beam=args.beam,
         lenpen=args.lenpen,
         max_tokens=args.max_tokens,
@@ -130,13 +133,7 @@ def run(args):
         max_len_a=args.max_len_a,
         max_len_b=args.max_len_b,
         cpu=args.cpu,
-    )
-    result = evaluate(
-        args.checkpoint,
-        args.data,
-        subset=args.subset,
-        decoding=decoding,
-        average_last_n=args.average_last,
+        average_last=args.average_last,
         out=args.out,
         src_file=args.src_file,
         ref_file=args.ref_file,

@@ -1,0 +1,123 @@
+"""Run a chain plan: every stage in order, then evaluate each and write the report.
+
+A plan (YAML; presets: tiny, cpu, paper in evokd/plans/) lists the stages, each with its
+architecture, its teacher (a stage or a checkpoint), the stage whose weights it starts
+from, and its budget. The default plans hold the whole EKD chain (student, junior and
+senior teachers, junior student, senior student, master student) and TAKD (assistant,
+student). Rerunning skips finished stages and resumes an interrupted one from its
+checkpoint_last.pt. A bad plan (unknown stage, cycle, unknown architecture, missing data)
+is rejected before any training.
+
+Output: checkpoints/RUN/STAGE/ (one folder per stage) and results/RUN/results.{json,md,png}.
+
+examples:
+  evokd chain --plan tiny                  # the demo: ~15 minutes on 2 CPU cores
+  evokd chain --plan paper --gpus 4        # torchrun, NCCL; the paper's effective batch
+  evokd chain --plan my_plan.yaml --stage junior_teacher --stage senior_teacher
+  evokd chain --plan tiny -- --fp16        # after --: fairseq-train flags for every stage
+"""
+
+
+def add_arguments(parser):
+    parser.add_argument(
+        "--plan", default="tiny", help="preset name (tiny, cpu, paper) or plan file (default: tiny)"
+    )
+    parser.add_argument("--run", metavar="NAME", help="run name (default: the plan's name)")
+    parser.add_argument(
+        "--data", metavar="DIR", help="binarized data to use instead of the plan's (not prepared)"
+    )
+    parser.add_argument(
+        "--checkpoints",
+        default="checkpoints",
+        metavar="DIR",
+        help="stage folders go to DIR/RUN/STAGE (default: checkpoints)",
+    )
+    parser.add_argument(
+        "--results",
+        default="results",
+        metavar="DIR",
+        help="the report goes to DIR/RUN (default: results)",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="processes per machine: 0 = CPU; N > 1 starts torchrun (NCCL on GPUs, gloo on "
+        "CPU). max-tokens is divided by the world size so the effective batch stays the "
+        "plan's. Default: every visible GPU, else 1 CPU process. Several machines: set "
+        "NNODES, NODE_RANK and MASTER_ADDR",
+    )
+    parser.add_argument("--master-port", type=int, default=29500, help="torchrun's port")
+    parser.add_argument(
+        "--stage",
+        action="append",
+        metavar="NAME",
+        help="train only this stage (repeatable); its teacher and init stages must be finished",
+    )
+    parser.add_argument(
+        "--no-evaluate", action="store_true", help="train only; no evaluation or report"
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="evaluate the finished stages and write the report; train nothing",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the plan and print the commands; train nothing",
+    )
+
+
+def build_chain(args, plan):
+    from evokd.chain import Chain, Devices
+
+    extra = list(getattr(args, "passthrough", []))
+    devices = Devices(gpus=args.gpus, master_port=args.master_port)
+    return Chain(
+        plan,
+        run_name=args.run,
+        checkpoints=args.checkpoints,
+        results=args.results,
+        devices=devices,
+        extra_args=extra,
+    )
+
+
+def load(args):
+    from evokd.plan import load_plan
+
+    plan = load_plan(args.plan)
+    if args.data:
+        plan.data, plan.prepare = args.data, None
+    return plan
+
+
+def print_commands(chain, stages):
+    import shlex
+
+    from evokd.plan import ordered
+
+    for stage in ordered(chain.plan):
+        if not stages or stage.name in stages:
+            state = "finished" if chain.is_finished(stage) else "to train"
+            print(f"# {stage.name} ({state})")
+            print(shlex.join(chain.train_command(stage)))
+
+
+def run(args):
+    from evokd.plan import validate
+
+    plan = load(args)
+    chain = build_chain(args, plan)
+    if args.dry_run:
+        validate(plan, data_required=False)
+        chain.check(plan.stages)
+        print_commands(chain, args.stage)
+        return 0
+    if args.evaluate_only:
+        validate(plan)
+        chain.report()
+        return 0
+    chain.run(only=args.stage, evaluate=not args.no_evaluate)
+    return 0

@@ -1,0 +1,152 @@
+"""One stage of the EKD / TAKD chain, as the bin/*.sh recipes run it.
+
+Positional form of the original scripts: STAGE ROOT MASTER_PORT GPU_NUM (eval_model:
+GPU_IDX ROOT). ROOT is the repository root: data-bin/, checkpoints/PRESET/STAGE/ and
+results/PRESET/ are under it. GPU_NUM 0, or no CUDA, trains on the CPU (gloo when more
+than one process); GPU_NUM > 1 starts torchrun with NCCL and divides max-tokens among the
+processes so the effective batch stays that of the paper's single-GPU scripts. Several
+machines: set NNODES, NODE_RANK and MASTER_ADDR.
+
+A stage trains with the plan's flags (defaults of the paper's scripts: alpha 0.5, T 1,
+lr 5e-4, inverse_sqrt with 4000 warm-up updates, dropout 0.3, max-tokens 4096, validation
+BLEU with beam 5 choosing checkpoint_best.pt) into its own folder, and stops at once if its
+teacher or initialisation stage has not been trained, naming the script to run first.
+Rerunning resumes an interrupted stage and skips a finished one.
+"""
+
+import os
+
+STAGES = (
+    "student_model",
+    "junior_teacher",
+    "senior_teacher",
+    "junior_student",
+    "senior_student",
+    "master_student",
+    "TAKD_assistant_teacher",
+    "TAKD_student",
+)
+
+
+def add_arguments(parser):
+    parser.add_argument("stage", choices=STAGES + ("eval_model",), help="the recipe")
+    parser.add_argument(
+        "positional",
+        nargs="*",
+        metavar="ARG",
+        help="ROOT MASTER_PORT GPU_NUM (eval_model: GPU_IDX ROOT), all optional",
+    )
+    parser.add_argument("--root", help="repository root (default: ROOT, else the current folder)")
+    parser.add_argument("--master-port", type=int, help="torchrun's port (default: 29500)")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        help="processes: 0 = CPU, N > 1 = torchrun (default: GPU_NUM, else all visible GPUs)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="paper",
+        help="plan preset or plan file giving the stage's flags (default: paper; tiny and cpu "
+        "for CPUs)",
+    )
+    parser.add_argument("--data", help="binarized data folder (default: the preset's)")
+    parser.add_argument(
+        "--save-dir",
+        help="this stage's checkpoint folder (default: ROOT/checkpoints/PRESET/STAGE); "
+        "a folder holding another stage's checkpoints is refused",
+    )
+    parser.add_argument("--max-epoch", type=int, help="epochs (default: the preset's)")
+    parser.add_argument(
+        "--checkpoint", help="eval_model: evaluate this checkpoint (default: every finished stage)"
+    )
+    parser.add_argument(
+        "--average-last",
+        type=int,
+        metavar="N",
+        help="eval_model: average the last N epoch checkpoints of each stage first",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check and print the command; train nothing"
+    )
+
+
+def _positional(args):
+    from evokd.errors import EvokdError
+
+    names = ("gpu_idx", "root") if args.stage == "eval_model" else ("root", "port", "gpu_num")
+    if len(args.positional) > len(names):
+        usage = " ".join(n.upper() for n in names)
+        raise EvokdError(f"{args.stage} takes at most {len(names)} positional arguments: {usage}")
+    values = dict(zip(names, args.positional))
+    for key in ("port", "gpu_num", "gpu_idx"):
+        if key in values:
+            try:
+                values[key] = int(values[key])
+            except ValueError:
+                raise EvokdError(
+                    f"{key.upper()} {values[key]!r}: expected a whole number"
+                ) from None
+    return values
+
+
+def run(args):
+    from evokd.errors import EvokdError
+
+    pos = _positional(args)
+    root = args.root or pos.get("root") or os.environ.get("EVOKD_ROOT") or "."
+    if not os.path.isdir(root):
+        raise EvokdError(f"ROOT {root}: no such folder (expected the evokd repository root)")
+    os.chdir(root)
+    if args.stage == "eval_model":
+        return _evaluate(args, pos)
+    return _train(args, pos)
+
+
+def _chain(args, gpus, port):
+    from evokd.chain import Chain, Devices
+    from evokd.plan import load_plan
+
+    plan = load_plan(args.preset)
+    if args.data:
+        plan.data, plan.prepare = args.data, None
+    extra = list(getattr(args, "passthrough", []))
+    return Chain(plan, devices=Devices(gpus=gpus, master_port=port or 29500), extra_args=extra)
+
+
+def _train(args, pos):
+    import shlex
+
+    gpus = args.gpus if args.gpus is not None else pos.get("gpu_num")
+    chain = _chain(args, gpus, args.master_port or pos.get("port"))
+    stage = chain.plan.stage(args.stage)
+    if args.max_epoch:
+        stage.max_epoch, stage.max_update = args.max_epoch, None
+    if args.save_dir:
+        chain.stage_dirs[stage.name] = args.save_dir
+    if args.dry_run:
+        from evokd.plan import validate
+
+        validate(chain.plan, data_required=False)
+        chain.check([stage])
+        print(shlex.join(chain.train_command(stage)))
+        return 0
+    chain.run(only=[stage.name], evaluate=False, hint=lambda s: f"bin/{s.name}.sh")
+    print(f"stage {stage.name} finished: {chain.stage_dir(stage)}; evaluate with bin/eval_model.sh")
+    return 0
+
+
+def _evaluate(args, pos):
+    gpu = pos.get("gpu_idx")
+    if gpu is not None and gpu >= 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    chain = _chain(args, 0 if gpu is not None and gpu < 0 else None, None)
+    if args.average_last:
+        chain.evaluate_args["average_last"] = args.average_last
+    if args.checkpoint:
+        from evokd.evaluate import evaluate_checkpoint
+
+        scores = evaluate_checkpoint(args.checkpoint, chain.plan.data, **chain.evaluate_args)
+        print(scores)
+        return 0
+    chain.report()
+    return 0
