@@ -17,11 +17,25 @@ from .errors import EvokdError
 logger = logging.getLogger(__name__)
 
 
+def _numpy_globals():
+    """The numpy types fairseq's saved meters hold (e.g. the BLEU counts of --eval-bleu)."""
+    import numpy as np
+
+    try:
+        multiarray = np._core.multiarray  # numpy >= 2
+    except AttributeError:  # pragma: no cover - numpy 1.x
+        multiarray = np.core.multiarray
+    found = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+    for name in ("float64", "float32", "float16", "int64", "int32", "bool_"):
+        found.append(type(np.dtype(getattr(np, name))))
+    return found
+
+
 def register_safe_globals():
     """Allow-list the non-tensor types that fairseq checkpoints hold."""
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 loads everything anyway
-        add([argparse.Namespace])
+        add([argparse.Namespace, *_numpy_globals()])
 
 
 class CheckpointError(EvokdError):

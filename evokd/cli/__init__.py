@@ -17,6 +17,11 @@ COMMANDS = {
     "prepare": ("evokd.cli.prepare", "tokenize, BPE and binarize a parallel corpus"),
     "chain": ("evokd.cli.chain", "run a chain plan (EKD, TAKD, ...): train, evaluate, report"),
     "recipe": ("evokd.cli.recipe", "one stage of the chain, as the bin/*.sh recipes run it"),
+    "cache-teacher": (
+        "evokd.cli.cache_teacher",
+        "run a teacher once and store its top-K predictions for KD",
+    ),
+    "bench": ("evokd.cli.bench", "time per update of KD (online, cached) against plain training"),
     "evaluate": (
         "evokd.cli.evaluate",
         "translate a test set and score it (tokenized BLEU, sacreBLEU, chrF)",

@@ -9,6 +9,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from evokd.checkpoint import check_exists, copy_weights
 from evokd.teacher import LiveTeacher
+from evokd.teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,14 @@ class EvoKDTranslationConfig(TranslationConfig):
             "help": "fairseq checkpoint of the teacher. Loaded once, frozen and in eval mode, "
             "on the student's device and dtype; never trained or saved with the student. Its "
             "architecture comes from the checkpoint; its dictionaries must equal the data's"
+        },
+    )
+    teacher_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "folder written by `evokd cache-teacher`: the teacher's top-K predictions "
+            "for every training token, read instead of running a live teacher. Must match "
+            "the training data, --teacher-path when given, and hold K >= --kd-topk (> 0)"
         },
     )
     init_student_from: Optional[str] = field(
@@ -56,11 +65,27 @@ class EvoKDTranslationTask(TranslationTask):
             check_exists(cfg.teacher_path, "--teacher-path")
         if cfg.init_student_from:
             check_exists(cfg.init_student_from, "--init-student-from")
-        return super().setup_task(cfg, **kwargs)
+        task = super().setup_task(cfg, **kwargs)
+        if cfg.teacher_cache:
+            task.teacher = TeacherCache(cfg.teacher_cache, pad=task.target_dictionary.pad())
+        return task
 
     @property
     def has_teacher(self):
-        return bool(self.cfg.teacher_path)
+        return bool(self.cfg.teacher_path or self.cfg.teacher_cache or self.teacher)
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if isinstance(self.teacher, TeacherCache) and getattr(criterion, "needs_teacher", False):
+            self.teacher.check(
+                self.cfg.teacher_path,
+                self.cfg.data,
+                self.cfg.train_subset,
+                self.cfg.source_lang,
+                self.cfg.target_lang,
+                criterion.kd_topk,
+            )
+        return criterion
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
@@ -68,7 +93,7 @@ class EvoKDTranslationTask(TranslationTask):
             return model
         if self.cfg.init_student_from:
             copy_weights(model, self.cfg.init_student_from)
-        if self.cfg.teacher_path and self.teacher is None:
+        if self.cfg.teacher_path and self.teacher is None:  # a cache, if given, replaces it
             self.teacher = LiveTeacher(self.cfg.teacher_path, self)
         return model
 

@@ -1,0 +1,64 @@
+"""Run a teacher once over a subset and store its top-K predictions for every target token.
+
+Word-level KD then reads the cache (fairseq-train ... --task evokd_translation
+--teacher-cache DIR --kd-topk K) instead of running the teacher at every update. The cache
+holds, per target token, the ids and fp16 log-probabilities of the teacher's K most likely
+tokens and of the reference token (4K + 2 bytes per token with a vocabulary under 65,536),
+in fairseq's memory-mapped indexed-dataset format, with a fingerprint of the teacher
+checkpoint, the data and K that training checks.
+
+The cache is built in DIR.partial in chunks; a killed run resumes from its finished chunks
+when started again, and DIR appears only when complete. Uses the GPU when there is one
+(--processes N: one process per GPU, or N CPU processes).
+
+example:
+  evokd cache-teacher --teacher checkpoints/paper/senior_teacher/checkpoint_best.pt \\
+      --data data-bin/iwslt14.tokenized.de-en --topk 8 --out cache/senior_top8
+"""
+
+
+def add_arguments(parser):
+    parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    parser.add_argument("--data", required=True, metavar="DIR", help="fairseq binarized data")
+    parser.add_argument("--subset", default="train", help="subset to cache (default: train)")
+    parser.add_argument(
+        "--topk",
+        type=int,
+        default=8,
+        metavar="K",
+        help="teacher tokens kept per position (default: 8); training may use any --kd-topk <= K",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the cache folder (new)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=8000, help="tokens per teacher batch (default: 8000)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes: one per GPU with CUDA, else N CPU processes sharing the cores "
+        "(default: 1)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
+
+
+def run(args):
+    from evokd.teacher_cache import build_cache
+
+    meta = build_cache(
+        args.teacher,
+        args.data,
+        args.out,
+        subset=args.subset,
+        k=args.topk,
+        max_tokens=args.max_tokens,
+        processes=args.processes,
+        cpu=args.cpu,
+    )
+    mib = meta["bytes"] / 2**20
+    print(
+        f"{args.out}: {meta['examples']} pairs, {meta['target_tokens']} target tokens, top "
+        f"{args.topk}: {mib:.1f} MiB ({meta['bytes'] / meta['target_tokens']:.1f} bytes per token)"
+    )
+    return 0

@@ -1,0 +1,282 @@
+"""The chain: a micro plan end to end, kill and resume, bad plans, and the bin/ recipes."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from evokd import cli
+from tests import utils
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO_DIMS = {
+    "encoder-layers": 2, "decoder-layers": 2, "encoder-embed-dim": 32, "decoder-embed-dim": 32,
+    "encoder-ffn-embed-dim": 64, "decoder-ffn-embed-dim": 64,
+    "encoder-attention-heads": 2, "decoder-attention-heads": 2,
+}  # fmt: skip
+WIDE = {"encoder-embed-dim": 48, "decoder-embed-dim": 48}
+
+
+def micro_plan(tmp, name="micro", senior_epochs=1, **edits):
+    """A plan with the EKD and TAKD shape at test size: 300 pairs, one epoch a stage."""
+    stages = [
+        {"name": "student_model", "arch": "transformer_evokd_tiny_student", "max_epoch": 1},
+        {"name": "junior_teacher", "arch": "transformer_evokd_tiny_junior", "max_epoch": 1},
+        {"name": "senior_teacher", "arch": "transformer_evokd_tiny_senior",
+         "max_epoch": senior_epochs, "flags": WIDE},
+        {"name": "junior_student", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+         "teacher": "junior_teacher"},
+        {"name": "master_student", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+         "teacher": "senior_teacher", "init_from": "junior_student"},
+        {"name": "TAKD_student", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+         "teacher": "junior_teacher", "kd": {"kd-temperature": 2}},
+    ]  # fmt: skip
+    plan = {
+        "name": name,
+        "data": "data-bin/micro.de-en",
+        "prepare": {"corpus": "multi30k", "train-size": 300, "eval-size": 30, "vocab-size": 400},
+        "train": {
+            "seed": 1, "optimizer": "adam", "lr": 1e-3, "max-tokens": 2000,
+            "criterion": "label_smoothed_cross_entropy", "label-smoothing": 0.1,
+            "num-workers": 0, "log-format": "json", "log-interval": 1, **MICRO_DIMS,
+            # validation BLEU picks checkpoint_best.pt, as in the shipped plans
+            "eval-bleu": True, "eval-bleu-args": {"beam": 2, "max_len_a": 1.2, "max_len_b": 5},
+            "eval-bleu-detok": "moses", "eval-bleu-remove-bpe": True,
+            "best-checkpoint-metric": "bleu", "maximize-best-checkpoint-metric": True,
+        },
+        "kd": {"kd-alpha": 0.5},
+        "evaluate": {"beam": 2, "max_len_b": 20},
+        "stages": stages,
+    }  # fmt: skip
+    plan.update(edits)
+    path = Path(tmp) / f"{name}.yaml"
+    path.write_text(json.dumps(plan, indent=1))  # JSON is YAML
+    return path
+
+
+def chain(root, plan, *extra, check=True):
+    return utils.run(
+        utils.fairseq_script("evokd") + ["chain", "--plan", str(plan), *extra],
+        cwd=root,
+        check=check,
+    )
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The micro plan run once, uninterrupted: (root, plan, output)."""
+    root = tmp_path_factory.mktemp("chain")
+    plan = micro_plan(root, senior_epochs=3)
+    _, out = chain(root, plan)
+    return root, plan, out
+
+
+def results(root, run="micro"):
+    with open(Path(root) / "results" / run / "results.json", encoding="utf-8") as f:
+        return {row["stage"]: row for row in json.load(f)["rows"]}
+
+
+def test_micro_plan_end_to_end(finished):
+    root, plan, out = finished
+    for name in ("results.json", "results.md", "results.png"):
+        assert (root / "results" / "micro" / name).stat().st_size > 100
+    rows = results(root)
+    assert list(rows) == [
+        "student_model", "junior_teacher", "senior_teacher", "junior_student",
+        "master_student", "TAKD_student",
+    ]  # fmt: skip
+    for row in rows.values():
+        assert row["bleu"] is not None and row["chrf"] is not None and row["updates"] > 0
+        assert row["parameters"] > 0
+    assert rows["senior_teacher"]["parameters"] > rows["junior_teacher"]["parameters"]
+    assert rows["master_student"]["teacher"] == "senior_teacher"
+    table = (root / "results" / "micro" / "results.md").read_text()
+    assert "master_student" in table and "senior_teacher" in table
+    assert "| stage" in out or "stage" in out  # the table is printed at the end
+    # every stage in its own folder, each recording what it is
+    for name in rows:
+        record = json.loads(
+            (root / "checkpoints" / "micro" / name / "evokd_stage.json").read_text()
+        )
+        assert record["stage"] == name and record["finished"]
+    # the master student started from the junior student's weights
+    master = (root / "checkpoints" / "micro" / "master_student" / "train.log").read_text()
+    assert "student initialised from" in master and "junior_student" in master
+
+
+def test_rerun_skips_finished_stages(finished):
+    root, plan, _ = finished
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "checkpoints").rglob("*.pt")}
+    _, out = chain(root, plan)
+    assert out.count("finished earlier, skipped") == 6
+    assert {p: p.stat().st_mtime_ns for p in (root / "checkpoints").rglob("*.pt")} == stamps
+
+
+def test_killed_chain_resumes_and_matches(finished, tmp_path):
+    ref_root, _, _ = finished
+    plan = micro_plan(tmp_path, senior_epochs=3)
+    cmd = utils.fairseq_script("evokd") + ["chain", "--plan", str(plan)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    senior = tmp_path / "checkpoints" / "micro" / "senior_teacher"
+    deadline = time.time() + 300
+    while not (senior / "checkpoint1.pt").exists() and time.time() < deadline:
+        assert proc.poll() is None, "the chain ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    record = json.loads((senior / "evokd_stage.json").read_text())
+    assert not record["finished"]
+    done = {
+        name: sha(tmp_path / "checkpoints" / "micro" / name / "checkpoint_best.pt")
+        for name in ("student_model", "junior_teacher")
+    }
+    time.sleep(0.5)  # the training process dies with the chain and frees the stage lock
+    _, out = chain(tmp_path, plan)
+    assert out.count("finished earlier, skipped") == 2
+    assert "resuming" in out
+    for name, digest in done.items():
+        assert sha(tmp_path / "checkpoints" / "micro" / name / "checkpoint_best.pt") == digest
+    log = (senior / "train.log").read_text()
+    assert "Loaded checkpoint" in log
+    ours, reference = results(tmp_path), results(ref_root)
+    for name, row in reference.items():
+        for key in ("bleu", "sacrebleu", "chrf", "updates"):
+            assert ours[name][key] == row[key], (name, key)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad plans and missing prerequisites.
+
+
+def _rejected(tmp_path, capsys, plan, message):
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code = cli.main(["chain", "--plan", str(plan)])
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert not (tmp_path / "checkpoints").exists()  # rejected before any training
+    return err
+
+
+def _stages_with(change):
+    stages = [
+        {"name": "teacher", "arch": "transformer_evokd_tiny_senior", "max_epoch": 1},
+        {"name": "student", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+         "teacher": "teacher"},
+    ]  # fmt: skip
+    change(stages)
+    return stages
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s[1].update(teacher="nobody"), "stage student: teacher 'nobody'"),
+        (lambda s: s[0].update(teacher="student"), "depend on each other (a cycle)"),
+        (lambda s: s[1].update(arch="transformer_nonexistent"), "stage student: architecture"),
+        (lambda s: s[1].update(init_from="teacher"), "stage student (transformer_evokd_tiny"),
+        (lambda s: s[1].update(max_epoch=0), "stage student: max_epoch 0"),
+        (lambda s: s[1].update(epochs=3), "stage student: unknown keys ['epochs']"),
+        (lambda s: s.append(dict(s[0])), "two stages are named 'teacher'"),
+    ],
+)
+def test_bad_plans_are_rejected(tmp_path, capsys, change, message):
+    plan = micro_plan(tmp_path, stages=_stages_with(change))
+    _rejected(tmp_path, capsys, plan, message)
+
+
+def test_missing_data_is_rejected(tmp_path, capsys):
+    plan = micro_plan(tmp_path, prepare=None, data="data-bin/absent")
+    err = _rejected(tmp_path, capsys, plan, "data-bin/absent holds no binarized data")
+    assert "evokd prepare" in err
+
+
+def test_recipe_needs_its_teacher_first(finished, tmp_path):
+    root, plan, _ = finished
+    code, out = utils.run(
+        ["bash", str(REPO / "bin" / "junior_student.sh"), str(root), "29500", "0"]
+        + ["--preset", str(plan), "--save-dir", str(tmp_path / "js"), "--data", "data-bin/nope"],
+        check=False,
+    )
+    assert code == 2 and "holds no binarized data" in out
+    fresh = micro_plan(tmp_path, name="fresh")
+    utils.run(["cp", "-r", str(root / "data-bin"), str(tmp_path)])
+    code, out = utils.run(
+        ["bash", str(REPO / "bin" / "master_student.sh"), str(tmp_path), "29500", "0"]
+        + ["--preset", str(fresh)],
+        check=False,
+    )
+    assert code == 2
+    assert "master_student needs its teacher senior_teacher" in out
+    assert "run bin/senior_teacher.sh first" in out
+    assert not (
+        tmp_path / "checkpoints" / "fresh" / "master_student" / "checkpoint_last.pt"
+    ).exists()
+
+
+def test_stage_folder_of_another_stage_is_refused(finished):
+    root, plan, _ = finished
+    other = root / "checkpoints" / "micro" / "junior_student"
+    code, out = utils.run(
+        ["bash", str(REPO / "bin" / "TAKD_student.sh"), str(root), "29500", "0"]
+        + ["--preset", str(plan), "--save-dir", str(other)],
+        check=False,
+    )
+    assert code == 2 and "holds checkpoints of another stage" in out
+
+
+# ---------------------------------------------------------------------------------------
+# The recipes: --help, the positional form, and a two-process CPU run.
+
+RECIPES = [
+    "student_model", "junior_teacher", "senior_teacher", "junior_student", "senior_student",
+    "master_student", "TAKD_assistant_teacher", "TAKD_student",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", RECIPES + ["eval_model", "run_chain"])
+def test_recipe_help(name):
+    code, out = utils.run(["bash", str(REPO / "bin" / f"{name}.sh"), "--help"])
+    assert code == 0 and "usage:" in out
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_positional_form_parses(name, tmp_path):
+    code, out = utils.run(
+        ["bash", str(REPO / "bin" / f"{name}.sh"), str(tmp_path), "29533", "2"]
+        + ["--preset", "paper", "--max-epoch", "7", "--dry-run", "--", "--patience", "3"]
+    )
+    command = out.strip().splitlines()[-1]
+    assert "--nproc-per-node 2 --master-port 29533 -m evokd.train" in command
+    assert f"--save-dir checkpoints/paper/{name} " in command
+    assert "--max-epoch 7" in command and command.endswith("--patience 3")
+    assert "--max-tokens 2048" in command  # 4096 split between the two processes
+    assert "--distributed-backend gloo" in command or "--ddp-backend pytorch_ddp" in command
+    if "student" in name and name != "student_model":
+        assert "--criterion word_kd" in command and "--kd-alpha 0.5" in command
+
+
+def test_two_process_kd_stage_through_the_recipe(finished, tmp_path):
+    root, plan, _ = finished
+    save = tmp_path / "junior_student_ddp"
+    _, out = utils.run(
+        ["bash", str(REPO / "bin" / "junior_student.sh"), str(root), "29534", "2"]
+        + ["--preset", str(plan), "--save-dir", str(save)]
+    )
+    assert "distributed init (rank 1)" in out
+    record = json.loads((save / "evokd_stage.json").read_text())
+    assert record["finished"] and record["updates"] >= 1
+    assert "--ddp-backend legacy_ddp" in " ".join(record["command"])
