@@ -15,8 +15,10 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from evokd.errors import EvokdError
+from evokd.selective import TokenSelector
 
 KD_LOSSES = ChoiceEnum(["forward_kl", "reverse_kl", "jsd"])
+KD_SELECTIONS = ChoiceEnum(["none", "batch", "global"])
 
 
 @dataclass
@@ -51,6 +53,24 @@ class WordKDConfig(LabelSmoothedCrossEntropyCriterionConfig):
             "full-vocabulary log-probabilities of those K tokens; reverse_kl and jsd "
             "renormalise the student over the same K tokens"
         },
+    )
+    kd_selection: KD_SELECTIONS = field(
+        default="none",
+        metadata={
+            "help": "selective KD (Wang et al., 2021): none = every target token gets the KD "
+            "term; batch = the --kd-rate fraction of the batch's tokens where the student's "
+            "cross-entropy is highest; global = tokens whose cross-entropy reaches the same "
+            "quantile of a FIFO queue of the last --kd-queue-size tokens. The label-smoothed "
+            "term always covers every token"
+        },
+    )
+    kd_rate: float = field(
+        default=0.5,
+        metadata={"help": "fraction r in (0, 1] of tokens selected by --kd-selection"},
+    )
+    kd_queue_size: int = field(
+        default=30000,
+        metadata={"help": "tokens in the global selection queue (per process, not saved)"},
     )
 
 
@@ -122,6 +142,9 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
         kd_temperature=1.0,
         kd_loss="forward_kl",
         kd_topk=0,
+        kd_selection="none",
+        kd_rate=0.5,
+        kd_queue_size=30000,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if not 0.0 <= kd_alpha <= 1.0:
@@ -130,6 +153,10 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
             raise EvokdError(f"--kd-temperature {kd_temperature}: expected a value > 0")
         if kd_topk < 0:
             raise EvokdError(f"--kd-topk {kd_topk}: expected 0 (full vocabulary) or K > 0")
+        if str(kd_selection) != "none" and not 0.0 < kd_rate <= 1.0:
+            raise EvokdError(f"--kd-rate {kd_rate}: expected a fraction in (0, 1]")
+        if kd_queue_size < 1:
+            raise EvokdError(f"--kd-queue-size {kd_queue_size}: expected Q >= 1")
         if kd_alpha > 0 and not getattr(task, "has_teacher", False):
             raise EvokdError(
                 f"--criterion word_kd with --kd-alpha {kd_alpha} needs a teacher: use "
@@ -139,6 +166,7 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
         self.kd_temperature = kd_temperature
         self.kd_loss = str(kd_loss)
         self.kd_topk = kd_topk
+        self.selector = TokenSelector(str(kd_selection), kd_rate, kd_queue_size)
 
     @property
     def needs_teacher(self):
@@ -158,7 +186,7 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
         }
         teacher = sample.get("teacher")
         if teacher is not None and self.kd_alpha > 0:
-            kd, teacher_nll = self.compute_kd_loss(lprobs, target, teacher, reduce)
+            kd, teacher_nll, selected = self.compute_kd_loss(lprobs, target, teacher, reduce)
             if not reduce:  # per-position losses have the label-smoothed loss's shape
                 kd, teacher_nll = kd.view_as(loss), teacher_nll.view_as(loss)
             alpha, temp = self.kd_alpha, self.kd_temperature
@@ -166,6 +194,7 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output["loss"] = loss.data
             logging_output["kd_loss"] = kd.data
             logging_output["teacher_nll_loss"] = teacher_nll.data
+            logging_output["kd_tokens"] = selected
         if self.report_accuracy:
             n_correct, total = self.compute_accuracy(model, net_output, sample)
             logging_output["n_correct"] = n_correct.item()
@@ -195,16 +224,22 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
         )
 
     def compute_kd_loss(self, lprobs, target, teacher, reduce=True):
-        """KD divergence and the teacher's own NLL, per token or summed; padding masked."""
+        """KD divergence (on the selected tokens), the teacher's own NLL (on every token),
+        per token or summed, and the number of tokens that got the KD term."""
         teacher = self._flatten_teacher(teacher)
         kd = word_kd_loss(lprobs, teacher, self.kd_loss, self.kd_temperature, self.kd_topk)  # N
         teacher_nll = teacher.target_nll(target).float()  # N
         pad_mask = target.eq(self.padding_idx)
-        kd = kd.masked_fill(pad_mask, 0.0)
+        kd_mask = ~pad_mask
+        if self.selector.active:  # the student's cross-entropy on the reference ranks tokens
+            ce = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            kd_mask = self.selector(ce, kd_mask)
+        kd = kd.masked_fill(~kd_mask, 0.0)
         teacher_nll = teacher_nll.masked_fill(pad_mask, 0.0)
+        selected = int(kd_mask.sum())
         if reduce:
-            return kd.sum(), teacher_nll.sum()
-        return kd, teacher_nll
+            return kd.sum(), teacher_nll.sum(), selected
+        return kd, teacher_nll, selected
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
