@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["evokd", "evokd.*"]),
-    package_data={"evokd": ["corpora/*/*.gz", "corpora/*/README.md", "plans/*.json"]},
+    package_data={"evokd": ["corpora/*/*.gz", "corpora/*/README.md", "plans/*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.1",
