@@ -19,9 +19,9 @@ $(VENV)/.installed: setup.py pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Main job on the embedded Multi30k corpus: a tiny teacher, a KD student, BLEU for both.
+# Main job: the EKD + TAKD chain at CPU size on the embedded Multi30k, then the table.
 demo: setup
-	bash examples/word_kd_demo.sh
+	$(BIN)/evokd chain --plan tiny
 
 test: setup lint
 	$(BIN)/python -m pytest -q tests
