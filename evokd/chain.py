@@ -129,6 +129,21 @@ class Chain:
             return self.stage_dir(self.plan.stage(name_or_path)) / "checkpoint_best.pt"
         return Path(name_or_path)
 
+    def stage_data(self, stage):
+        """The binarized folder a stage trains on."""
+        if stage.data:
+            return stage.data
+        if stage.seqkd:
+            spec = stage.seqkd
+            suffix = "+refs" if spec.get("keep-references") else ""
+            teacher = (
+                Path(spec["teacher"]).stem
+                if spec["teacher"] not in self.plan.stage_names
+                else spec["teacher"]
+            )
+            return f"{self.plan.data.rstrip('/')}.seqkd-{self.run_name}-{teacher}{suffix}"
+        return self.plan.data
+
     def record(self, stage):
         path = self.stage_dir(stage) / STAGE_RECORD
         if not path.is_file():
@@ -179,14 +194,12 @@ class Chain:
             "arch": stage.arch,
             "teacher": stage.teacher,
             "init_from": stage.init_from,
-            "data": os.path.abspath(self.plan.data),
+            "data": os.path.abspath(self.stage_data(stage)),
         }
 
     def check_prerequisites(self, stage, hint=None):
         """The teacher and init stages must be finished (or be checkpoint files)."""
-        for key, ref in (("teacher", stage.teacher), ("init_from", stage.init_from)):
-            if ref is None:
-                continue
+        for key, ref in stage.references():
             if ref in self.plan.stage_names:
                 other = self.plan.stage(ref)
                 if not self.is_finished(other):
@@ -206,20 +219,21 @@ class Chain:
 
     def train_command(self, stage):
         plan = self.plan
-        flags = dict(plan.train)
+        # evokd_translation for every stage: it is fairseq's translation task plus the
+        # teacher, and it batches a resumed run exactly like an uninterrupted one
+        flags = {"task": "evokd_translation", **plan.train}
         if stage.teacher:
-            flags.update(task="evokd_translation", criterion="word_kd")
+            flags["criterion"] = "word_kd"
             flags.update({**KD_DEFAULTS, **plan.kd, **stage.kd})
             flags["teacher-path"] = str(self.best_checkpoint(stage.teacher))
         if stage.init_from:
-            flags["task"] = "evokd_translation"
             flags["init-student-from"] = str(self.best_checkpoint(stage.init_from))
         flags.update(stage.flags)
         flags.update(self.budget(stage))
         world = self.devices.world_size
         if world > 1 and flags.get("max-tokens"):  # keep the single-process batch
             flags["max-tokens"] = math.ceil(int(flags["max-tokens"]) / world)
-        cmd = self.devices.launcher() + [plan.data, "--user-dir", EVOKD_DIR]
+        cmd = self.devices.launcher() + [self.stage_data(stage), "--user-dir", EVOKD_DIR]
         cmd += ["--arch", stage.arch, "--save-dir", str(self.stage_dir(stage))]
         return cmd + flags_to_args(flags) + self.devices.flags() + self.extra_args
 
@@ -228,6 +242,8 @@ class Chain:
         folder = self.stage_dir(stage)
         folder.mkdir(parents=True, exist_ok=True)
         self.check_owner(stage)
+        if stage.seqkd:
+            self.distill(stage)
         cmd = self.train_command(stage)
         record = {**self.identity(stage), "budget": self.budget(stage), "finished": False}
         record["command"] = cmd
@@ -253,6 +269,20 @@ class Chain:
         record["wall_seconds"] = record.get("train_seconds") or time.time() - start
         _write_json(folder / STAGE_RECORD, record)
         return record
+
+    def distill(self, stage):
+        """Sequence-level KD data for ``stage``: the teacher translates the training source."""
+        out = Path(self.stage_data(stage))
+        if (out / "distill.json").is_file():
+            return
+        from evokd.distill_data import distill_data
+
+        spec = {k.replace("-", "_"): v for k, v in stage.seqkd.items() if k != "teacher"}
+        teacher = self.best_checkpoint(stage.seqkd["teacher"])
+        logger.info(
+            "stage %s: distilling the training data with %s -> %s", stage.name, teacher, out
+        )
+        distill_data(str(teacher), self.plan.data, str(out), cpu=not self.devices.cuda, **spec)
 
     # --- the whole run -----------------------------------------------------------------
 
@@ -404,7 +434,14 @@ def _training_stats(folder):
     history = state.get("optimizer_history") or [{}]
     extra = state.get("extra_state") or {}
     return {
-        "updates": history[-1].get("num_updates"),
-        "epochs": (extra.get("train_iterator") or {}).get("epoch", 1) - 1,
-        "train_seconds": extra.get("previous_training_time"),
+        "updates": _number(history[-1].get("num_updates"), int),
+        "epochs": int((extra.get("train_iterator") or {}).get("epoch", 1)) - 1,
+        "train_seconds": _number(extra.get("previous_training_time"), float),
     }
+
+
+def _number(value, kind):
+    """A plain number (distributed runs store some of these as tensors)."""
+    if value is None:
+        return None
+    return kind(value.item() if hasattr(value, "item") else value)

@@ -32,7 +32,8 @@ from evokd.errors import EvokdError
 
 PRESET_DIR = Path(__file__).resolve().parent / "plans"
 STAGE_KEYS = {"name", "arch", "teacher", "init_from", "max_epoch", "max_update", "kd", "flags"}
-STAGE_KEYS |= {"description"}
+STAGE_KEYS |= {"description", "data", "seqkd"}
+SEQKD_KEYS = {"teacher", "beam", "lenpen", "max-len-a", "max-len-b", "keep-references"}
 PLAN_KEYS = {"name", "description", "data", "prepare", "train", "kd", "evaluate", "stages"}
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -48,9 +49,18 @@ class Stage:
     kd: dict = field(default_factory=dict)  # word_kd flags over the plan's
     flags: dict = field(default_factory=dict)  # fairseq flags over the plan's
     description: str = ""
+    data: Optional[str] = None  # train on this binarized folder instead of the plan's
+    seqkd: Optional[dict] = None  # train on data translated by a teacher (Kim and Rush)
+
+    def references(self):
+        """(what, stage-or-checkpoint) of every model this stage needs."""
+        refs = [("teacher", self.teacher), ("init_from", self.init_from)]
+        if self.seqkd:
+            refs.append(("seqkd teacher", self.seqkd["teacher"]))
+        return [(key, ref) for key, ref in refs if ref is not None]
 
     def dependencies(self, stage_names):
-        return [d for d in (self.teacher, self.init_from) if d in stage_names]
+        return [ref for _, ref in self.references() if ref in stage_names]
 
 
 @dataclass
@@ -152,6 +162,17 @@ def _stage(where, index, raw):
     for key in ("kd", "flags"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise EvokdError(f"{here}: '{key}' must be a mapping of flags")
+    seqkd = raw.get("seqkd")
+    if seqkd is not None:
+        if not isinstance(seqkd, dict) or not seqkd.get("teacher"):
+            raise EvokdError(f"{here}: 'seqkd' must be a mapping with a 'teacher'")
+        unknown = set(seqkd) - SEQKD_KEYS
+        if unknown:
+            raise EvokdError(
+                f"{here}: seqkd: unknown keys {sorted(unknown)} (allowed: {sorted(SEQKD_KEYS)})"
+            )
+        if raw.get("data"):
+            raise EvokdError(f"{here}: give 'data' or 'seqkd', not both")
     return Stage(
         name=name,
         arch=str(raw["arch"]),
@@ -162,6 +183,8 @@ def _stage(where, index, raw):
         kd=dict(raw.get("kd") or {}),
         flags=dict(raw.get("flags") or {}),
         description=str(raw.get("description") or ""),
+        data=_optional_str(raw.get("data")),
+        seqkd=dict(seqkd) if seqkd else None,
     )
 
 
@@ -206,9 +229,8 @@ def validate(plan, data_required=True):
                 "known to fairseq (see `fairseq-train --help` for --arch, or the "
                 "transformer_evokd_* names in the README)"
             )
-        for key in ("teacher", "init_from"):
-            ref = getattr(stage, key)
-            if ref is None or ref in names:
+        for key, ref in stage.references():
+            if ref in names:
                 continue
             if not os.path.isfile(ref):
                 raise EvokdError(
@@ -221,7 +243,12 @@ def validate(plan, data_required=True):
                 f"plan {plan.name}: stage {stage.name} ({stage.arch}) cannot start from the "
                 f"weights of {other.name} ({other.arch}): init_from needs the same architecture"
             )
-        if stage.teacher == stage.name or stage.init_from == stage.name:
+        if stage.data and not any(Path(stage.data).glob("dict.*.txt")):
+            raise EvokdError(
+                f"plan {plan.name}: stage {stage.name}: data {stage.data} holds no binarized "
+                "data (dict.*.txt)"
+            )
+        if stage.name in (ref for _, ref in stage.references()):
             raise EvokdError(f"plan {plan.name}: stage {stage.name} refers to itself")
     ordered(plan)
     if data_required and not plan.prepare and not any(Path(plan.data).glob("dict.*.txt")):

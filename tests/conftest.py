@@ -1,5 +1,6 @@
 import pytest
 
+from evokd import cli
 from tests import utils
 
 
@@ -16,3 +17,15 @@ def teacher_ckpt(data_bin, tmp_path_factory):
     wider = ["--encoder-embed-dim", "48", "--decoder-embed-dim", "48"]
     utils.train(data_bin, save_dir, "transformer_evokd_tiny_senior", extra=wider, epochs=2)
     return save_dir / "checkpoint_last.pt"
+
+
+@pytest.fixture
+def evokd_main(capsys):
+    """``evokd`` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*argv):
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

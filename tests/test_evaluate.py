@@ -18,19 +18,6 @@ from tests import utils
 FAST = ["--beam", "2", "--max-len-b", "8"]
 
 
-@pytest.fixture
-def evokd_main(monkeypatch, capsys):
-    """``evokd`` in-process with the evaluate subcommand; returns (exit code, stdout, stderr)."""
-    monkeypatch.setitem(cli.COMMANDS, "evaluate", ("evokd.cli.evaluate", "evaluate"))
-
-    def run(*argv):
-        code = cli.main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def lines_of(path):
     with open(path, encoding="utf-8") as f:
         return f.read().split("\n")[:-1]

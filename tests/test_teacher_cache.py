@@ -100,16 +100,7 @@ def test_killed_build_resumes_and_never_looks_complete(
     data_bin, teacher_ckpt, tmp_path, cache, monkeypatch
 ):
     out = tmp_path / "cache"
-    real = tc.compute_chunk
-    calls = []
-
-    def dies_on_second_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as if killed
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tc, "compute_chunk", dies_on_second_chunk)
+    real = utils.interrupt_on_call(monkeypatch, tc, "compute_chunk", 2)
     with pytest.raises(KeyboardInterrupt):
         tc.build_cache(str(teacher_ckpt), str(data_bin), out, k=8, chunk_size=64, cpu=True)
     assert not out.exists()

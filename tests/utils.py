@@ -31,6 +31,10 @@ TRAIN_FLAGS = [
 ]  # fmt: skip
 
 
+# This environment's console scripts first (the recipes in bin/ look for `evokd` on PATH).
+PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 def fairseq_script(name):
     """Command for a console script of this environment (fairseq-train, evokd, ...)."""
     candidate = Path(sys.executable).parent / name
@@ -52,7 +56,7 @@ def run(cmd, cwd=None, check=True, env=None):
     proc = subprocess.run(
         cmd,
         cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        env={**os.environ, "PATH": PATH, "PYTHONWARNINGS": "ignore", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -154,3 +158,18 @@ def build_task_model_criterion(data_bin, extra=()):
 def batch(task, indices, split="train"):
     dataset = task.dataset(split)
     return dataset.collater([dataset[i] for i in indices])
+
+
+def interrupt_on_call(monkeypatch, module, name, n):
+    """Make ``module.name`` raise KeyboardInterrupt (as if killed) on its ``n``-th call."""
+    real = getattr(module, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return real

@@ -21,10 +21,19 @@ COMMANDS = {
         "evokd.cli.cache_teacher",
         "run a teacher once and store its top-K predictions for KD",
     ),
+    "distill-data": (
+        "evokd.cli.distill_data",
+        "translate a subset with a teacher: sequence-level KD data for fairseq-train",
+    ),
     "bench": ("evokd.cli.bench", "time per update of KD (online, cached) against plain training"),
     "evaluate": (
         "evokd.cli.evaluate",
         "translate a test set and score it (tokenized BLEU, sacreBLEU, chrF)",
+    ),
+    "export": ("evokd.cli.export", "convert a checkpoint to a CTranslate2 model (int8, float32)"),
+    "bench-translate": (
+        "evokd.cli.bench_translate",
+        "translation speed and BLEU: teacher, student, student in CTranslate2",
     ),
 }
 
@@ -74,3 +83,16 @@ def main(argv=None):
     except EvokdError as exc:
         print(f"evokd {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def add_device_arguments(parser):
+    """--processes and --cpu, for the commands that run a model over a dataset."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes: one per GPU with CUDA, else N CPU processes sharing the cores "
+        "(default: 1)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")

@@ -16,6 +16,8 @@ example:
       --data data-bin/iwslt14.tokenized.de-en --topk 8 --out cache/senior_top8
 """
 
+from evokd.cli import add_device_arguments
+
 
 def add_arguments(parser):
     parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
@@ -32,15 +34,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--max-tokens", type=int, default=8000, help="tokens per teacher batch (default: 8000)"
     )
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="processes: one per GPU with CUDA, else N CPU processes sharing the cores "
-        "(default: 1)",
-    )
-    parser.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
+    add_device_arguments(parser)
 
 
 def run(args):
