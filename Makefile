@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/evokd chain --plan tiny
 
 test: setup lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 lint: setup
 	$(BIN)/ruff check evokd tests

@@ -24,7 +24,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "ruff==0.17.6", "ctranslate2>=4"],
+        "test": ["pytest", "pytest-xdist", "ruff==0.17.6", "ctranslate2>=4"],
         "ct2": ["ctranslate2>=4"],
     },
     entry_points={

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Sourced by the recipes in bin/: finds the evokd command (on PATH, else the repository's
-# .venv made by `make setup`) and exports EVOKD_ROOT, the default ROOT of a recipe.
+# Sourced by the recipes in bin/ with the recipe's arguments: prints the recipe's usage
+# header for -h/--help, finds the evokd command (on PATH, else the repository's .venv made
+# by `make setup`) and exports EVOKD_ROOT, the default ROOT of a recipe.
 set -euo pipefail
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+    exit 0
+fi
 
 EVOKD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export EVOKD_ROOT

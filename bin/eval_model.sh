@@ -7,7 +7,7 @@
 #            [--checkpoint FILE] [--data DIR] [--average-last N]
 #   GPU_IDX  the GPU to use (-1 = CPU; default: the first visible one, else the CPU)
 #   ROOT     repository root (default: this repo)
-# All flags: bash bin/eval_model.sh --help
+# All flags, with their defaults: evokd recipe eval_model --help
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_evokd.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_evokd.sh" "$@"
 exec "$EVOKD" recipe eval_model "$@"

@@ -3,7 +3,7 @@
 #
 # Usage: bash bin/run_chain.sh [--plan tiny|cpu|paper|PLAN.yaml] [--gpus N] [--stage NAME]
 #            [--run NAME] [--dry-run] [-- FAIRSEQ_FLAGS...]
-# Same as `evokd chain`; all flags: bash bin/run_chain.sh --help
+# Same as `evokd chain`; all flags: evokd chain --help
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_evokd.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_evokd.sh" "$@"
 exec "$EVOKD" chain "$@"

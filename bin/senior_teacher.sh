@@ -9,7 +9,7 @@
 #   GPU_NUM      0 = CPU; 1 = one GPU; N > 1 = torchrun with NCCL (gloo without CUDA);
 #                max-tokens is split among the processes (the paper's effective batch)
 # Writes ROOT/checkpoints/PRESET/senior_teacher/ (or --save-dir); rerunning resumes or skips it.
-# All flags: bash bin/senior_teacher.sh --help
+# All flags, with their defaults: evokd recipe senior_teacher --help
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_evokd.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_evokd.sh" "$@"
 exec "$EVOKD" recipe senior_teacher "$@"

@@ -1,3 +1,10 @@
+import os
+
+# Tiny models: one thread each is as fast, and keeps concurrent processes from
+# oversubscribing the cores (set before torch is imported; inherited by subprocesses).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pytest
 
 from evokd import cli

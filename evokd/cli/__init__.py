@@ -25,6 +25,11 @@ COMMANDS = {
         "evokd.cli.distill_data",
         "translate a subset with a teacher: sequence-level KD data for fairseq-train",
     ),
+    "mckd": ("evokd.cli.mckd", "collaborative multi-stage relabelling (MCKD) with two students"),
+    "patch": (
+        "evokd.cli.patch",
+        "fine-tune a student on its teacher's feedback where it errs most (MT-Patcher)",
+    ),
     "bench": ("evokd.cli.bench", "time per update of KD (online, cached) against plain training"),
     "evaluate": (
         "evokd.cli.evaluate",

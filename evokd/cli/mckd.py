@@ -1,0 +1,131 @@
+"""Collaborative multi-stage relabelling (after MCKD, Zhao et al., ACL 2024).
+
+The teacher translates the training source of --data: those translations are the first
+pseudo-labels. The pairs are split in two halves by a seeded permutation (half A: the first
+ceil(n/2) ids). At each of --stages K stages two fresh students are trained from scratch
+(--arch, --max-epoch, the training flags of --plan), A_k on half A and B_k on half B, and
+each relabels the half it has not seen: B_k translates A's sources, A_k B's. A final student
+trains on all n pairs with the last labels and is scored on the test set of --data. Every
+student chooses checkpoint_best.pt on the real validation set of --data.
+
+output (OUT):
+  mckd_settings.json             the settings; a rerun with other settings is refused
+  labels/teacher/                the teacher's labels of all n pairs (evokd distill-data)
+  split.json                     the ids of half A and half B, in order
+  labels/stageK/{A,B}/           binarized halves (train = the half; valid/test = DATA's),
+                                 mckd_ids.txt maps each pair to its id in DATA
+  labels/final/                  the n pairs in DATA's order with the final labels
+  checkpoints/mckd/STAGE/        student_A1, student_B1, ..., final_student (chain stages)
+  mckd.json, mckd.md             per stage: chrF and BLEU of the labels against the training
+                                 references, pairs, wall time of every step; the final
+                                 student's test scores
+
+A rerun skips every finished step and resumes an interrupted one.
+
+examples:
+  evokd mckd --teacher checkpoints/tiny/senior_teacher/checkpoint_best.pt \\
+      --data data-bin/multi30k.tiny.de-en --out mckd/tiny --arch transformer_evokd_tiny_student
+  evokd mckd --teacher T.pt --data D --out O --arch transformer_evokd_student --plan paper \\
+      --stages 2 --gpus 4 -- --fp16            # after --: fairseq-train flags of every student
+"""
+
+
+def add_arguments(parser):
+    parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="fairseq binarized data: its train source is the pool, its valid and test sets "
+        "choose and score the students",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the run's folder")
+    parser.add_argument(
+        "--stages", type=int, default=3, metavar="K", help="pairs of students, >= 1 (default: 3)"
+    )
+    parser.add_argument("--arch", required=True, help="architecture of every student")
+    parser.add_argument(
+        "--max-epoch",
+        type=int,
+        metavar="N",
+        help="epochs of every student (default: those of the plan's first stage trained "
+        "from scratch without a teacher, 6 in tiny)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed of the split and fairseq's --seed of the students (default: 1)",
+    )
+    parser.add_argument(
+        "--plan",
+        default="tiny",
+        help="preset (tiny, cpu, paper) or plan file whose train: section gives the students' "
+        "fairseq flags and whose evaluate: section the final scoring (default: tiny)",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="processes per machine: 0 = CPU; N > 1 starts torchrun (see evokd chain --help). "
+        "Default: every visible GPU, else 1 CPU process",
+    )
+    parser.add_argument("--master-port", type=int, default=29500, help="torchrun's port")
+    parser.add_argument(
+        "--no-evaluate", action="store_true", help="do not score the final student on test"
+    )
+    group = parser.add_argument_group("decoding of the teacher's and the students' labels")
+    group.add_argument(
+        "--beam", type=int, default=5, metavar="N", help="beam size, also for the final scoring "
+        "(default: 5)"
+    )  # fmt: skip
+    group.add_argument(
+        "--max-len-a",
+        type=float,
+        default=1.2,
+        metavar="A",
+        help="labels end at A * source length + B tokens (default: 1.2)",
+    )
+    group.add_argument(
+        "--max-len-b", type=int, default=10, metavar="B", help="see --max-len-a (default: 10)"
+    )
+    group.add_argument(
+        "--max-tokens", type=int, default=8000, help="tokens per batch (default: 8000)"
+    )
+
+
+def default_epochs(plan):
+    """The budget of the plan's first stage trained from scratch without a teacher."""
+    for stage in plan.stages:
+        if not (stage.teacher or stage.init_from or stage.seqkd) and stage.max_epoch:
+            return stage.max_epoch
+    return None
+
+
+def run(args):
+    from evokd.chain import Devices
+    from evokd.mckd import markdown, run_mckd
+    from evokd.plan import load_plan
+
+    plan = load_plan(args.plan)
+    report = run_mckd(
+        args.teacher,
+        args.data,
+        args.out,
+        stages=args.stages,
+        arch=args.arch,
+        max_epoch=args.max_epoch if args.max_epoch is not None else default_epochs(plan),
+        seed=args.seed,
+        train_flags=plan.train,
+        devices=Devices(gpus=args.gpus, master_port=args.master_port),
+        beam=args.beam,
+        extra_args=args.passthrough,
+        max_len_a=args.max_len_a,
+        max_len_b=args.max_len_b,
+        max_tokens=args.max_tokens,
+        evaluate=not args.no_evaluate,
+        evaluate_args={**plan.evaluate, "beam": args.beam},
+    )
+    print(markdown(report))
+    print(f"report: {args.out}/mckd.json, {args.out}/mckd.md")
+    return 0
