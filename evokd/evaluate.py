@@ -428,7 +428,7 @@ def score(hyps_tok, refs_tok, hyps_detok=None, refs_raw=None):
     from sacrebleu.metrics import BLEU, CHRF
 
     scores = {}
-    metrics = [("bleu", BLEU(tokenize="none"), hyps_tok, refs_tok)]
+    metrics = [("bleu", BLEU(tokenize="none", force=True), hyps_tok, refs_tok)]
     if refs_raw is not None:
         metrics.append(("sacrebleu", BLEU(lowercase=True), hyps_detok, refs_raw))
         metrics.append(("chrf", CHRF(lowercase=True), hyps_detok, refs_raw))

@@ -284,7 +284,7 @@ class Relabelling:
         scores = {"stage": k, "pairs": n, "stamp": stamp}
         for part in ("all", *HALVES):
             suffix = "" if part == "all" else f"_{part}"
-            for name, metric in (("chrf", CHRF()), ("bleu", BLEU(tokenize="none"))):
+            for name, metric in (("chrf", CHRF()), ("bleu", BLEU(tokenize="none", force=True))):
                 scores[name + suffix] = metric.corpus_score(hyps[part], [refs[part]]).score
                 scores[f"{name}_signature"] = str(metric.get_signature())
         _write_json(cache, scores)
