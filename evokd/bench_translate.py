@@ -113,15 +113,15 @@ def translate_ct2(model_dir, source, *, beam, batch_size, max_len, threads, devi
 def _check_inputs(teacher, student, data, subset):
     """Both checkpoints load and fit the data; returns (src, tgt, number of sentences)."""
     from .checkpoint import load_checkpoint
-    from .evaluate import _check_dictionaries, _languages, subset_size
+    from .evaluate import check_dictionaries, languages, subset_size
 
     if not Path(data).is_dir():
         raise EvokdError(f"--data {data}: no such folder (expected a fairseq data-bin folder)")
     pairs = {}
     for path, flag in ((teacher, "--teacher"), (student, "--student")):
         state = load_checkpoint(str(path), flag)
-        pairs[flag] = _languages(state, data)
-        _check_dictionaries(state, data, *pairs[flag])
+        pairs[flag] = languages(state, data)
+        check_dictionaries(state, data, *pairs[flag])
     if pairs["--teacher"] != pairs["--student"]:
         raise EvokdError(
             f"--teacher translates {'-'.join(pairs['--teacher'])} but --student "
@@ -179,14 +179,15 @@ def run_bench_translate(
     keeps the fairseq logs, hypotheses and the CTranslate2 models; default: a temporary
     folder, removed afterwards.
     """
-    from .evaluate import _check_number, evaluate_checkpoint
+    from .errors import check_number
+    from .evaluate import evaluate_checkpoint
     from .export import export_ct2, require_ctranslate2
 
     ctranslate2 = require_ctranslate2()
     for value, flag in ((beam, "--beam"), (batch_size, "--batch-size"), (max_len, "--max-len")):
-        _check_number(value, flag, 1)
+        check_number(value, flag, 1)
     threads = available_cores() if threads is None else threads
-    _check_number(threads, "--threads", 1)
+    check_number(threads, "--threads", 1)
     src, tgt, n = _check_inputs(teacher, student, data, subset)
     device = _device(cpu)
     keep = work_dir is not None

@@ -379,7 +379,9 @@ class Chain:
         from evokd.report import markdown_table, write_report
 
         rows = self.rows()
-        write_report(self.results, rows, title=f"{self.run_name} ({self.plan.path})")
+        write_report(
+            self.results, rows, title=f"{self.run_name}: {self.plan.description or self.plan.name}"
+        )
         print(markdown_table(rows))
         print(f"\nresults: {self.results}/results.md, results.json, results.png")
         return rows

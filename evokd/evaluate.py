@@ -19,7 +19,6 @@ temporary folder with the data's dictionaries, then translated the same way.
 ``scripts/average_checkpoints.py --num-epoch-checkpoints N``.
 """
 
-import hashlib
 import json
 import logging
 import math
@@ -33,27 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import CheckpointError, architecture, load_checkpoint, register_safe_globals
-from .errors import EvokdError
+from .averaging import average_last_checkpoints, last_epoch_checkpoints
+from .checkpoint import architecture, load_checkpoint
+from .errors import EvokdError, check_number
 
 logger = logging.getLogger(__name__)
 
 EVOKD_DIR = str(Path(__file__).resolve().parent)  # fairseq's --user-dir
-EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")  # as average_checkpoints.py matches them
-AVERAGED_KEY = "evokd_averaged"  # what an averaged checkpoint records about its inputs
 BUFFER_SUFFIXES = (".version", "._float_tensor")  # state-dict entries that are not parameters
 _HYPOTHESIS = re.compile(r"^H-(\d+)\t[^\t]*\t(.*)$")
 _TARGET = re.compile(r"^T-(\d+)\t(.*)$")
 _TRANSLATED = re.compile(r"Translated ([\d,]+) sentences .* in ([\d.]+)s \(([\d.]+) sentences/s")
-
-
-def _check_number(value, flag, minimum, kind=int):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if value is not None and not (ok and value >= minimum):
-        what = "a whole number" if kind is int else "a number"
-        raise EvokdError(f"{flag} {value}: expected {what} >= {minimum}")
 
 
 @dataclass
@@ -69,13 +58,13 @@ class Decoding:
     cpu: bool = False  # also without CUDA
 
     def check(self):
-        _check_number(self.beam, "--beam", 1)
+        check_number(self.beam, "--beam", 1)
         if not (isinstance(self.lenpen, (int, float)) and math.isfinite(self.lenpen)):
             raise EvokdError(f"--lenpen {self.lenpen}: expected a finite number")
-        _check_number(self.max_tokens, "--max-tokens", 1)
-        _check_number(self.batch_size, "--batch-size", 1)
-        _check_number(self.max_len_a, "--max-len-a", 0, kind=float)
-        _check_number(self.max_len_b, "--max-len-b", 1)
+        check_number(self.max_tokens, "--max-tokens", 1)
+        check_number(self.batch_size, "--batch-size", 1)
+        check_number(self.max_len_a, "--max-len-a", 0, kind=float)
+        check_number(self.max_len_b, "--max-len-b", 1)
         if self.max_tokens is not None and self.batch_size is not None:
             raise EvokdError("--max-tokens and --batch-size: give one or the other")
 
@@ -115,153 +104,10 @@ def count_parameters(model_state):
     return total
 
 
-def last_epoch_checkpoints(folder, n):
-    """The ``n`` newest ``checkpointE.pt`` in ``folder``, newest (highest epoch) first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EvokdError(f"--average-last {n}: {folder}: no such folder of checkpoints")
-    matches = ((EPOCH_CHECKPOINT.fullmatch(p.name), p) for p in folder.iterdir())
-    found = sorted(((int(m.group(1)), p) for m, p in matches if m), reverse=True)
-    if len(found) < n:
-        names = ", ".join(p.name for _, p in found) or "none"
-        raise EvokdError(
-            f"--average-last {n}: {folder} holds {len(found)} epoch checkpoints "
-            f"checkpointE.pt ({names}); need at least {n}"
-        )
-    return [path for _, path in found[:n]]
-
-
-def _load_raw(path, flag="--average-last"):
-    """A checkpoint as torch stored it (no fairseq upgrades), so it can be saved again."""
-    import torch
-
-    register_safe_globals()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        state = None
-    if not isinstance(state, dict) or "model" not in state:
-        load_checkpoint(path, flag)  # raises the error that says what is wrong
-        raise CheckpointError(f"{flag}: {path}: not a fairseq checkpoint")
-    return state
-
-
-def average_checkpoints(paths):
-    """The state of ``paths[0]`` with the model weights of all ``paths`` averaged.
-
-    As fairseq's ``scripts/average_checkpoints.py``: every checkpoint must hold the same
-    parameter names; fp16 tensors are averaged in fp32; integer tensors are floor-divided.
-    """
-    import torch
-
-    summed, new_state = {}, None
-    for path in paths:
-        state = _load_raw(path)
-        params = state["model"]
-        if new_state is None:
-            new_state = state
-        elif list(params) != list(summed) or any(
-            params[k].shape != summed[k].shape for k in summed
-        ):
-            raise CheckpointError(
-                f"--average-last: {path} does not hold the same parameters as {paths[0]} "
-                f"(architectures {architecture(state)!r} and {architecture(new_state)!r})"
-            )
-        for key, tensor in params.items():
-            if tensor.dtype == torch.float16:
-                tensor = tensor.float()
-            if key in summed:
-                summed[key] += tensor
-            else:
-                summed[key] = tensor.clone()  # clone: the tensor may be tied to another
-    for tensor in summed.values():
-        if tensor.is_floating_point():
-            tensor.div_(len(paths))
-        else:
-            tensor.floor_divide_(len(paths))
-    new_state["model"] = type(new_state["model"])(summed)
-    return new_state
-
-
-def _fingerprint(path, known=None):
-    """Name, size, mtime and sha256 of a file; the hash is reused from ``known`` when the
-    size and mtime are unchanged."""
-    stat = path.stat()
-    found = {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if known and all(known.get(k) == v for k, v in found.items()):
-        return dict(known)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {**found, "sha256": digest.hexdigest()}
-
-
-def _recorded_inputs(path):
-    """The inputs an earlier :func:`average_last_checkpoints` recorded in ``path``, or None."""
-    import torch
-
-    register_safe_globals()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return state[AVERAGED_KEY]["inputs"]
-    except Exception:
-        return None
-
-
-def _check_reusable(output, inputs, n):
-    """Fail unless ``output`` averages exactly the files ``inputs`` as they are now."""
-    recorded = _recorded_inputs(output)
-    if recorded is None:
-        raise EvokdError(
-            f"--average-last {n}: {output} exists and was not written by evokd evaluate "
-            "--average-last; move it away"
-        )
-    names, current = [r["file"] for r in recorded], [p.name for p in inputs]
-    if names == current and all(
-        _fingerprint(p, r)["sha256"] == r["sha256"] for r, p in zip(recorded, inputs)
-    ):
-        return
-    if names == current:
-        what = f"was made from {', '.join(names)} before they were rewritten"
-    else:
-        what = f"averages {', '.join(names)}, not the newest {', '.join(current)}"
-    raise EvokdError(
-        f"--average-last {n}: {output} exists and {what}; move it away to average again"
-    )
-
-
-def average_last_checkpoints(checkpoint, n):
-    """Average the ``n`` newest epoch checkpoints next to ``checkpoint`` (a file or folder).
-
-    Writes ``averaged_last{n}.pt`` in that folder and returns its path. An existing file
-    made from the same inputs is reused; one made from other inputs (or not by this
-    function) is an error, never overwritten.
-    """
-    import torch
-
-    _check_number(n, "--average-last", 2)
-    checkpoint = Path(checkpoint)
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    inputs = last_epoch_checkpoints(folder, n)
-    output = folder / f"averaged_last{n}.pt"
-    if output.exists():
-        _check_reusable(output, inputs, n)
-        logger.info(f"reusing {output}: averages {', '.join(p.name for p in inputs)}")
-        return output
-    logger.info(f"averaging {n} checkpoints: {', '.join(map(str, inputs))}")
-    state = average_checkpoints(inputs)
-    state[AVERAGED_KEY] = {"inputs": [_fingerprint(p) for p in inputs]}
-    partial = output.with_name(output.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, output)
-    return output
-
-
 # --- data ------------------------------------------------------------------------------------
 
 
-def _languages(state, data):
+def languages(state, data):
     """Source and target language: the checkpoint's, else the data folder's."""
     from fairseq.data.data_utils import infer_language_pair
 
@@ -274,7 +120,7 @@ def _languages(state, data):
     return src, tgt
 
 
-def _check_dictionaries(state, data, src, tgt):
+def check_dictionaries(state, data, src, tgt):
     """The checkpoint's embedding tables must have one row per dictionary entry."""
     from fairseq.data import Dictionary
 
@@ -443,7 +289,7 @@ def score(hyps_tok, refs_tok, hyps_detok=None, refs_raw=None):
 
 def _check_arguments(checkpoint, data, subset, decoding, average_last, src_file, ref_file):
     decoding.check()
-    _check_number(average_last, "--average-last", 2)
+    check_number(average_last, "--average-last", 2)
     if (src_file is None) != (ref_file is None):
         raise EvokdError("--src-file and --ref-file: give both or neither")
     if src_file is not None and subset is not None:
@@ -543,8 +389,8 @@ def evaluate_checkpoint(
         state = load_checkpoint(str(inputs[0]), "--average-last")
     else:
         state = load_checkpoint(str(checkpoint), "CHECKPOINT")
-    src, tgt = _languages(state, data)
-    _check_dictionaries(state, data, src, tgt)
+    src, tgt = languages(state, data)
+    check_dictionaries(state, data, src, tgt)
     if src_file:
         source, refs_tok, refs_raw = _encode_raw_text(data, src, tgt, src_file, ref_file)
         tok_file = None

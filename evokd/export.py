@@ -137,7 +137,7 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
     ``evokd_export.json``: checkpoint, architecture, data, source_lang, target_lang,
     quantization, model_bytes, ctranslate2 (its version).
     """
-    from .evaluate import _check_dictionaries, _languages
+    from .evaluate import check_dictionaries, languages
 
     if quantization not in QUANTIZATIONS:
         raise EvokdError(
@@ -148,8 +148,8 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
     _check_output(out, force)
     state = load_checkpoint(str(checkpoint), "CKPT")
     data = resolve_data(state, data, checkpoint)
-    src, tgt = _languages(state, data)
-    _check_dictionaries(state, data, src, tgt)
+    src, tgt = languages(state, data)
+    check_dictionaries(state, data, src, tgt)
     args = _converter_args(state, data, src, tgt, checkpoint)
     _check_architecture(args, checkpoint)
 

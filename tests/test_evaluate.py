@@ -9,8 +9,9 @@ import torch
 from sacremoses import MosesDetokenizer
 
 from evokd import cli
+from evokd.averaging import AVERAGED_KEY, average_last_checkpoints
 from evokd.errors import EvokdError
-from evokd.evaluate import AVERAGED_KEY, average_last_checkpoints, evaluate_checkpoint
+from evokd.evaluate import evaluate_checkpoint
 from evokd.report import markdown_table, write_report
 from tests import utils
 
