@@ -274,3 +274,24 @@ def test_two_process_kd_stage_through_the_recipe(finished, tmp_path):
     record = json.loads((save / "evokd_stage.json").read_text())
     assert record["finished"] and record["updates"] >= 1
     assert "--ddp-backend legacy_ddp" in " ".join(record["command"])
+
+
+SHIPPED_PLANS = sorted((REPO / "evokd" / "plans").glob("*.yaml")) + sorted(
+    (REPO / "examples" / "plans").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED_PLANS, ids=lambda p: p.parent.name + "/" + p.name)
+def test_shipped_plans_are_valid(path):
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    from evokd.plan import load_plan, ordered, validate
+
+    plan = load_plan(str(path))
+    assert sorted(s.name for s in ordered(plan)) == sorted(plan.stage_names)
+    for stage in plan.stages:
+        assert stage.arch in ARCH_MODEL_REGISTRY, (stage.name, stage.arch)
+        for key, ref in stage.references():  # a stage of the plan, or a run's checkpoint
+            assert ref in plan.stage_names or ref.startswith("checkpoints/"), (stage.name, key)
+    if path.parent.parent.name == "evokd":  # the presets refer only to their own stages
+        validate(plan, data_required=False)
