@@ -11,6 +11,7 @@ None or absent and shows as "-".
 import json
 import os
 import shlex
+import textwrap
 from pathlib import Path
 
 from .data.textio import write_lines
@@ -176,7 +177,7 @@ def plot(rows, path, title=None):
         ax.text(0.5, 0.5, "no stage evaluated yet", ha="center", transform=ax.transAxes)
     ax.set_xlabel("model size (parameters)")
     ax.set_ylabel("tokenized BLEU")
-    ax.set_title(title or "evokd results")
+    ax.set_title(textwrap.fill(title or "evokd results", 70), fontsize=10)
     ax.grid(alpha=0.3)
     partial = Path(path).with_name(Path(path).name + ".partial")
     fig.savefig(partial, format="png", dpi=120)
