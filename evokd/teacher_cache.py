@@ -15,18 +15,25 @@ reference token, in fairseq's memory-mapped indexed-dataset format::
 Bytes per target token: 4K + 2 with a vocabulary under 65,536 (2-byte ids), else 6K + 2.
 The cache is built in ``DIR.partial/`` in chunks that survive a kill (a rerun skips the
 finished ones) and renamed to ``DIR`` only when complete, so a cache that looks complete is.
+The chunks come from a plan made from the data alone (examples by length, ties by id:
+:func:`evokd.steps.length_order`), recorded in ``DIR.partial/building.json``; every process
+and every resumed run cuts the same chunks, and a resume checks that each finished chunk
+holds the examples the plan gives it. Opening a cache counts its entries: a cache whose
+index misses an example, or holds one twice, is refused.
 """
 
 import hashlib
 import json
 import logging
-import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from evokd import steps
 from evokd.errors import EvokdError
+from evokd.steps import file_digest
 from evokd.teacher import TeacherOutput
 
 logger = logging.getLogger(__name__)
@@ -34,14 +41,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "evokd-teacher-cache/1"
 META = "cache.json"
 PARTS = ("topk_index", "topk_lprobs", "target_lprobs")
-
-
-def file_digest(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_fingerprint(data, subset, src, tgt):
@@ -107,6 +106,12 @@ class TeacherCache:
         self.k = int(self.meta["fingerprint"]["topk"])
         self.parts = {name: MMapIndexedDataset(str(self.path / name)) for name in PARTS}
         self.order = np.load(self.path / "order.npy")
+        where = f"--teacher-cache {path}"
+        n = int(self.meta.get("examples", len(self.order)))
+        steps.check_complete(where, self.order, n)  # example -> item: a permutation of 0..n-1
+        for name, part in self.parts.items():
+            if len(part) != n:
+                raise EvokdError(f"{where}: {name} holds {len(part)} items for {n} examples")
 
     def check(self, teacher_path, data, subset, src, tgt, topk):
         """Fail before training unless the cache fits this teacher, data and --kd-topk."""
@@ -167,18 +172,23 @@ def _half(int_tensor):
 
 # --- writing --------------------------------------------------------------------------------
 
+DTYPES = {"topk_lprobs": np.int16, "target_lprobs": np.int16}
+PLAN = "building.json"
+
+
+def _dtypes(vocab_size):
+    return {"topk_index": id_dtype(vocab_size), **DTYPES}
+
 
 def write_chunk(folder, name, items, vocab_size):
     """Write one chunk: ``items`` is a list of (example id, ids T x K, lprobs T x K, target T)."""
     from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
 
-    dtypes = {
-        "topk_index": id_dtype(vocab_size),
-        "topk_lprobs": np.int16,
-        "target_lprobs": np.int16,
-    }
+    dtypes = _dtypes(vocab_size)
     tmp = folder / f"{name}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # left by a build killed while writing this chunk
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     builders = {p: MMapIndexedDatasetBuilder(str(tmp / f"{p}.bin"), dtype=dtypes[p]) for p in PARTS}
     for _, ids, lp, tlp in items:
         builders["topk_index"].add_item(ids.reshape(-1))
@@ -187,18 +197,18 @@ def write_chunk(folder, name, items, vocab_size):
     for part, builder in builders.items():
         builder.finalize(str(tmp / f"{part}.idx"))
     np.save(tmp / "ids.npy", np.array([i for i, *_ in items], dtype=np.int64))
-    os.replace(tmp, folder / name)  # a chunk exists complete or not at all
+    steps.publish(tmp, folder / name)  # a chunk exists complete or not at all
 
 
 def merge_chunks(folder, chunk_names, out, meta, vocab_size):
-    """Concatenate the chunks into the final files and rename ``folder`` to ``out``."""
+    """Concatenate the chunks into the final files and rename ``folder`` to ``out``.
+
+    The chunks are removed only after the rename, so a kill at any point leaves either the
+    unfinished build with every chunk (a rerun merges again) or the finished cache.
+    """
     from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
 
-    dtypes = {
-        "topk_index": id_dtype(vocab_size),
-        "topk_lprobs": np.int16,
-        "target_lprobs": np.int16,
-    }
+    dtypes = _dtypes(vocab_size)
     builders = {
         p: MMapIndexedDatasetBuilder(str(folder / f"{p}.bin"), dtype=dtypes[p]) for p in PARTS
     }
@@ -210,21 +220,25 @@ def merge_chunks(folder, chunk_names, out, meta, vocab_size):
     for part, builder in builders.items():
         builder.finalize(str(folder / f"{part}.idx"))
     ids = np.concatenate(order_ids) if order_ids else np.zeros(0, dtype=np.int64)
-    order = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+    steps.check_complete(str(folder), ids, meta["examples"])
+    order = np.full(meta["examples"], -1, dtype=np.int64)
     order[ids] = np.arange(len(ids))
     np.save(folder / "order.npy", order)
-    for name in chunk_names:
-        for path in (folder / name).iterdir():
-            path.unlink()
-        (folder / name).rmdir()
-    (folder / "building.json").unlink(missing_ok=True)
     meta = dict(
         meta, bytes=sum((folder / f"{p}.{e}").stat().st_size for p in PARTS for e in ("bin", "idx"))
     )
-    with open(folder / META, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(folder, out)  # the cache appears complete, or not at all
+    steps.write_json(folder / META, meta)
+    steps.publish(folder, out)  # the cache appears complete, or not at all
+    _remove_build_files(Path(out))
     return meta
+
+
+def _remove_build_files(out):
+    """The chunks and the plan, once the cache is complete (also after a kill right here)."""
+    for path in out.iterdir():
+        if path.is_dir() and path.name.startswith("chunk"):
+            shutil.rmtree(path)
+    (out / PLAN).unlink(missing_ok=True)
 
 
 # --- building -------------------------------------------------------------------------------
@@ -244,10 +258,9 @@ def _setup(data, subset, teacher_path):
 
 
 def plan_chunks(dataset, chunk_size):
-    """Example ids ordered by length (for dense batches), cut into chunks."""
-    order = dataset.ordered_indices() if hasattr(dataset, "ordered_indices") else None
-    order = np.arange(len(dataset)) if order is None else np.asarray(order)
-    return [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
+    """Example ids ordered by length (ties by id), cut into chunks: the same in every process
+    and every run, from the data alone."""
+    return steps.cut(steps.length_order(dataset.src_sizes, dataset.tgt_sizes), chunk_size)
 
 
 def _chunk_name(c):
@@ -256,11 +269,12 @@ def _chunk_name(c):
 
 def compute_chunk(task, teacher, dataset, ids, k, max_tokens, device, bar=None):
     """Teacher top-K over the examples ``ids``: a list of (id, ids, lprobs, target lprobs)."""
+    from evokd.inference import move_to_device
+
     items = []
     batches = dataset.batch_by_size(np.asarray(ids, dtype=np.int64), max_tokens=max_tokens)
     for batch in batches:
-        sample = dataset.collater([dataset[int(i)] for i in batch])
-        sample = _to(sample, device)
+        sample = move_to_device(dataset.collater([dataset[int(i)] for i in batch]), device)
         out = teacher(sample, teacher.model)  # B x T x V at temperature 1
         top_lprobs, top_index = out.topk(k)
         target = sample["target"]
@@ -281,29 +295,33 @@ def compute_chunk(task, teacher, dataset, ids, k, max_tokens, device, bar=None):
     return items
 
 
-def _to(sample, device):
-    from fairseq import utils
-
-    return utils.move_to_cuda(sample, device=device) if device.type == "cuda" else sample
+def _check_finished_chunks(folder, chunks):
+    """Every finished chunk must hold exactly the examples the plan gives it."""
+    for c, ids in enumerate(chunks):
+        path = folder / _chunk_name(c) / "ids.npy"
+        if path.is_file() and not np.array_equal(np.sort(np.load(path)), np.sort(ids)):
+            raise EvokdError(
+                f"{folder}: {_chunk_name(c)} holds other examples than the build plan gives it; "
+                f"remove {folder} to start over"
+            )
 
 
 def _worker(rank, args):
     """Compute the chunks ``c`` with ``c % processes == rank`` that are not finished yet."""
     from tqdm import tqdm
 
-    teacher_path, data, subset, k, max_tokens, processes, chunk_size, folder, use_cuda = args
-    if use_cuda:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+    from evokd.inference import choose_device
+
+    teacher_path, data, subset, k, max_tokens, processes, chunk_size, folder, cpu = args
+    device = choose_device(cpu, rank)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() // processes))
     task, teacher = _setup(data, subset, teacher_path)
     teacher.model.to(device)
     dataset = task.dataset(subset)
     vocab = len(task.target_dictionary)
     chunks = plan_chunks(dataset, chunk_size)
-    todo = [c for c in range(len(chunks)) if c % processes == rank]
+    todo = [c for c in range(rank, len(chunks), processes)]
     todo = [c for c in todo if not (folder / _chunk_name(c)).is_dir()]
     total = sum(len(chunks[c]) for c in todo)
     desc = f"teacher cache {rank + 1}/{processes}" if processes > 1 else "teacher cache"
@@ -311,6 +329,22 @@ def _worker(rank, args):
         for c in todo:
             items = compute_chunk(task, teacher, dataset, chunks[c], k, max_tokens, device, bar)
             write_chunk(folder, _chunk_name(c), items, vocab)
+
+
+def _finished(out, fp):
+    """The metadata of a finished cache at ``out`` built with ``fp``; another one is an error."""
+    meta_path = out / META
+    if not meta_path.is_file():
+        raise EvokdError(f"--out {out}: exists and is not a teacher cache; give a new folder")
+    meta = steps.read_json(meta_path)
+    steps.check_settings(
+        f"--out {out}",
+        meta.get("fingerprint", {}),
+        fp,
+        "remove it to rebuild, or give another --out",
+    )
+    _remove_build_files(out)  # a kill after the rename can leave them
+    return dict(meta, done=True)
 
 
 def build_cache(
@@ -326,52 +360,59 @@ def build_cache(
 ):
     """Run the teacher once over ``subset`` and write the cache to ``out`` (see module doc).
 
-    Resumes an unfinished build of the same teacher, data and K in ``out.partial``.
-    Returns the cache's metadata.
+    Resumes an unfinished build of the same teacher, data, K and plan in ``out.partial``; on
+    a finished cache of the same teacher, data and K it returns that cache's metadata (with
+    ``done``) without work. Returns the cache's metadata.
     """
     from evokd.checkpoint import check_exists
 
     out = Path(out)
-    partial = Path(f"{out}.partial")
+    partial = steps.partial_path(out)
     check_exists(teacher_path, "--teacher")
-    if out.exists():
-        raise EvokdError(f"--out {out}: exists; remove it to rebuild (nothing was changed)")
     if k < 1:
         raise EvokdError(f"--topk {k}: expected K >= 1")
     if processes < 1:
         raise EvokdError(f"--processes {processes}: expected N >= 1")
+    if chunk_size < 1:
+        raise EvokdError(f"--chunk-size {chunk_size}: expected N >= 1")
     task, teacher = _setup(data, subset, teacher_path)  # checks data and dictionaries
     src, tgt = task.cfg.source_lang, task.cfg.target_lang
     vocab = len(task.target_dictionary)
     if k > vocab:
         raise EvokdError(f"--topk {k}: larger than the target vocabulary ({vocab})")
     fp = fingerprint(teacher_path, data, subset, src, tgt, k)
-    plan_file = partial / "building.json"
+    if out.exists():
+        return _finished(out, fp)
+    dataset = task.dataset(subset)
+    chunks = plan_chunks(dataset, chunk_size)
+    building = {"fingerprint": fp, "plan": {"chunk_size": chunk_size}}
+    building["plan"].update(steps.describe_plan(chunks, len(dataset)))
+    plan_file = partial / PLAN
     if partial.exists():
-        with open(plan_file, encoding="utf-8") as f:
-            if json.load(f) != fp:
-                raise EvokdError(
-                    f"{partial}: an unfinished cache of another teacher, data or K; remove it "
-                    "to start over"
-                )
+        if not plan_file.is_file():
+            raise EvokdError(f"{partial}: exists but is not an unfinished cache (no {PLAN})")
+        steps.check_settings(
+            str(partial),
+            steps.read_json(plan_file),
+            building,
+            "rerun with its settings to finish it, or remove it to start over",
+        )
+        _check_finished_chunks(partial, chunks)
         logger.info("resuming the unfinished cache in %s", partial)
     else:
         partial.mkdir(parents=True)
-        with open(plan_file, "w", encoding="utf-8") as f:
-            json.dump(fp, f)
-    dataset = task.dataset(subset)
-    n_chunks = len(plan_chunks(dataset, chunk_size))
-    use_cuda = torch.cuda.is_available() and not cpu
-    args = (teacher_path, data, subset, k, max_tokens, processes, chunk_size, partial, use_cuda)
+        steps.write_json(plan_file, building)
+    args = (teacher_path, data, subset, k, max_tokens, processes, chunk_size, partial, cpu)
     del teacher  # each process loads its own
     if processes == 1:
         _worker(0, args)
     else:
         torch.multiprocessing.spawn(_worker, args=(args,), nprocs=processes, join=True)
-    names = [_chunk_name(c) for c in range(n_chunks)]
+    names = [_chunk_name(c) for c in range(len(chunks))]
     missing = [n for n in names if not (partial / n).is_dir()]
     if missing:
         raise EvokdError(f"{partial}: chunks {missing[:3]} were not written; rerun to resume")
+    _check_finished_chunks(partial, chunks)
     tokens = int(sum(dataset.tgt_sizes))
     meta = {
         "format": FORMAT,

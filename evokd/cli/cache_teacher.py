@@ -7,8 +7,10 @@ tokens and of the reference token (4K + 2 bytes per token with a vocabulary unde
 in fairseq's memory-mapped indexed-dataset format, with a fingerprint of the teacher
 checkpoint, the data and K that training checks.
 
-The cache is built in DIR.partial in chunks; a killed run resumes from its finished chunks
-when started again, and DIR appears only when complete. Uses the GPU when there is one
+The cache is built in DIR.partial in chunks planned from the data alone; a killed run
+resumes from its finished chunks when started again, and DIR appears only when complete.
+Rerun on a finished cache with the same settings, it says so and exits 0; with other
+settings it refuses and names the difference. Uses the GPU when there is one
 (--processes N: one process per GPU, or N CPU processes).
 
 example:
@@ -34,6 +36,14 @@ def add_arguments(parser):
     parser.add_argument(
         "--max-tokens", type=int, default=8000, help="tokens per teacher batch (default: 8000)"
     )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="pairs per resumable chunk (default: 2048); part of the build plan, so a resumed "
+        "build must use the same value",
+    )
     add_device_arguments(parser)
 
 
@@ -48,8 +58,11 @@ def run(args):
         k=args.topk,
         max_tokens=args.max_tokens,
         processes=args.processes,
+        chunk_size=args.chunk_size,
         cpu=args.cpu,
     )
+    if meta.get("done"):
+        print(f"{args.out}: finished earlier with the same teacher, data and K; nothing to do")
     mib = meta["bytes"] / 2**20
     print(
         f"{args.out}: {meta['examples']} pairs, {meta['target_tokens']} target tokens, top "

@@ -75,7 +75,16 @@ class EvoKDTranslationTask(TranslationTask):
         return bool(self.cfg.teacher_path or self.cfg.teacher_cache or self.teacher)
 
     def build_criterion(self, cfg, from_checkpoint=False):
+        from evokd.errors import EvokdError
+
         criterion = super().build_criterion(cfg, from_checkpoint)
+        vocab = len(self.target_dictionary)
+        if getattr(criterion, "needs_teacher", False) and criterion.kd_topk > vocab:
+            raise EvokdError(
+                f"--kd-topk {criterion.kd_topk}: larger than the target vocabulary ({vocab} "
+                f"symbols in {self.cfg.data}); use 1 <= K <= {vocab}, or 0 for the full "
+                "distribution"
+            )
         if isinstance(self.teacher, TeacherCache) and getattr(criterion, "needs_teacher", False):
             self.teacher.check(
                 self.cfg.teacher_path,
