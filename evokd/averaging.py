@@ -7,9 +7,14 @@ import os
 import re
 from pathlib import Path
 
-from .checkpoint import CheckpointError, architecture, load_checkpoint, register_safe_globals
+from .checkpoint import (
+    CheckpointError,
+    architecture,
+    load_raw,
+    register_safe_globals,
+)
 from .errors import EvokdError, check_number
-from .teacher_cache import file_digest
+from .steps import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -33,21 +38,6 @@ def last_epoch_checkpoints(folder, n):
     return [path for _, path in found[:n]]
 
 
-def _load_raw(path, flag="--average-last"):
-    """A checkpoint as torch stored it (no fairseq upgrades), so it can be saved again."""
-    import torch
-
-    register_safe_globals()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        state = None
-    if not isinstance(state, dict) or "model" not in state:
-        load_checkpoint(path, flag)  # raises the error that says what is wrong
-        raise CheckpointError(f"{flag}: {path}: not a fairseq checkpoint")
-    return state
-
-
 def average_checkpoints(paths):
     """The state of ``paths[0]`` with the model weights of all ``paths`` averaged.
 
@@ -58,7 +48,7 @@ def average_checkpoints(paths):
 
     summed, new_state = {}, None
     for path in paths:
-        state = _load_raw(path)
+        state = load_raw(path, "--average-last")
         params = state["model"]
         if new_state is None:
             new_state = state

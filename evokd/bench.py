@@ -63,7 +63,7 @@ class PeakMemory:
 
 
 def _batches(task, subset, n, max_tokens, device):
-    from fairseq import utils
+    from evokd.inference import move_to_device
 
     itr = task.get_batch_iterator(
         task.dataset(subset), max_tokens=max_tokens, seed=1, required_batch_size_multiple=1
@@ -72,7 +72,7 @@ def _batches(task, subset, n, max_tokens, device):
     for sample in itr:
         if len(out) == n:
             break
-        out.append(utils.move_to_cuda(sample, device=device) if device.type == "cuda" else sample)
+        out.append(move_to_device(sample, device))
     if len(out) < n:
         from evokd.errors import EvokdError
 
@@ -119,10 +119,11 @@ def run_bench(
     warmup=3, max_tokens=4096, topk=8, cpu=False, extra=(),
 ):  # fmt: skip
     """Measure every configuration; returns a list of result rows (dicts)."""
+    from evokd.inference import choose_device
     from evokd.teacher import LiveTeacher
     from evokd.teacher_cache import TeacherCache
 
-    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+    device = choose_device(cpu)
     kd = ["--criterion", "word_kd", "--kd-alpha", "0.5", "--teacher-path", teacher_path]
     configs = [
         ("plain", ["--criterion", "label_smoothed_cross_entropy"], None),

@@ -7,6 +7,12 @@ A stage folder holds ``evokd_stage.json``: which stage owns it (a folder of anot
 is never reused) and, once ``fairseq-train`` has finished, the updates and training time.
 A stage with that record and the same budget is skipped; a stage without it is started
 again, and fairseq resumes it from its ``checkpoint_last.pt``.
+
+A teacher is paid for once: a KD stage whose plan says ``kd: {cache: {topk: K}}`` reads the
+teacher's top-K from a cache of that (teacher, training data) pair, built as a step of the
+chain (``checkpoints/<run>/caches/``, recorded in ``steps/``) and shared by every stage with
+the same teacher and data. Before the first stage trains, every stage's whole command is
+parsed by fairseq's own training parser, so a typo in a late stage fails at once.
 """
 
 import fcntl
@@ -20,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from evokd import steps
 from evokd.errors import EvokdError
 from evokd.plan import flags_to_args, ordered, validate
 
@@ -108,6 +115,10 @@ class Chain:
         devices=None,
         extra_args=(),
         evaluate_args=None,
+        stage_dirs=None,
+        seed=None,
+        verbose=False,
+        progress=None,
     ):
         self.plan = plan
         self.run_name = run_name or plan.name
@@ -116,7 +127,10 @@ class Chain:
         self.devices = devices or Devices()
         self.extra_args = list(extra_args)
         self.evaluate_args = {**plan.evaluate, **(evaluate_args or {})}
-        self.stage_dirs = {}
+        self.stage_dirs = dict(stage_dirs or {})  # stage name -> folder (recipes, shared teachers)
+        self.seed = seed  # overrides the plan's train seed (evokd chain --seeds)
+        self.verbose = verbose  # stream fairseq's output, not only into each stage's log
+        self.progress = progress or logger.info
 
     # --- where things are --------------------------------------------------------------
 
@@ -144,6 +158,42 @@ class Chain:
             return f"{self.plan.data.rstrip('/')}.seqkd-{self.run_name}-{teacher}{suffix}"
         return self.plan.data
 
+    def kd_flags(self, stage):
+        return {**KD_DEFAULTS, **self.plan.kd, **stage.kd}
+
+    def cache_spec(self, stage):
+        """``{"topk": K}`` when the stage reads its teacher from a cache, else None (online).
+
+        A stage whose KD needs the teacher's full distribution (``kd-topk: 0``) stays online.
+        """
+        if not stage.teacher:
+            return None
+        kd = self.kd_flags(stage)
+        spec = kd.get("cache")
+        if not spec:
+            return None
+        if not isinstance(spec, dict) or not isinstance(spec.get("topk"), int) or spec["topk"] < 1:
+            raise EvokdError(
+                f"plan {self.plan.name}: stage {stage.name}: kd: cache: expected {{topk: K}} "
+                f"with a whole number K >= 1, got {spec!r}"
+            )
+        if "kd-topk" in kd and int(kd["kd-topk"]) == 0:
+            return None
+        return spec
+
+    def cache_dir(self, stage):
+        """The cache of the stage's (teacher, training data) pair, shared by every stage with
+        the same pair."""
+        spec = self.cache_spec(stage)
+        teacher = stage.teacher
+        if teacher not in self.plan.stage_names:
+            teacher = Path(teacher).stem
+        data = Path(self.stage_data(stage)).name
+        return self.checkpoints / "caches" / f"{teacher}.{data}.top{spec['topk']}"
+
+    def step_record(self, kind, name):
+        return self.checkpoints / "steps" / f"{kind}-{name}.json"
+
     def record(self, stage):
         path = self.stage_dir(stage) / STAGE_RECORD
         if not path.is_file():
@@ -165,12 +215,46 @@ class Chain:
 
     # --- checks before any training ----------------------------------------------------
 
-    def check(self, stages):
+    def check(self, stages, data_required=True):
         """Everything that can be wrong before training starts, each error naming a stage."""
-        validate(self.plan)
+        validate(self.plan, data_required=data_required)
         for stage in stages:
             self.check_owner(stage)
+            self.cache_spec(stage)
+            self.check_command(stage)
         return True
+
+    def check_command(self, stage):
+        """Parse the stage's whole command with fairseq-train's own parser (and the plugin's
+        options), as fairseq-train will: an unknown or malformed flag names the stage."""
+        import contextlib
+        import io
+
+        from fairseq import options
+
+        where = f"plan {self.plan.name}: stage {stage.name}"
+        if self.seed is not None and (
+            "seed" in stage.flags
+            or any(a == "--seed" or a.startswith("--seed=") for a in self.extra_args)
+        ):
+            raise EvokdError(
+                f"{where}: a seed is given twice (--seeds {self.seed} and --seed in the stage's "
+                "flags or after --): give it once"
+            )
+        argv = self.train_command(stage)[len(self.devices.launcher()) :]
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+                args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+        except SystemExit as exc:
+            lines = [line for line in errors.getvalue().splitlines() if "error:" in line]
+            reason = lines[-1].split("error:", 1)[1].strip() if lines else f"exit {exc.code}"
+            raise EvokdError(f"{where}: fairseq-train rejects its command: {reason}") from None
+        if not (args.max_epoch or 0) and not (args.max_update or 0):
+            raise EvokdError(
+                f"{where}: max_epoch and max_update are both 0 (fairseq would train without end)"
+            )
+        return args
 
     def check_owner(self, stage):
         """A stage folder holding another stage's record is never reused."""
@@ -222,14 +306,25 @@ class Chain:
         # evokd_translation for every stage: it is fairseq's translation task plus the
         # teacher, and it batches a resumed run exactly like an uninterrupted one
         flags = {"task": "evokd_translation", **plan.train}
+        if self.seed is not None:
+            flags["seed"] = self.seed
         if stage.teacher:
             flags["criterion"] = "word_kd"
-            flags.update({**KD_DEFAULTS, **plan.kd, **stage.kd})
+            kd = self.kd_flags(stage)
+            spec = self.cache_spec(stage)
+            kd.pop("cache", None)
+            if spec:
+                flags["teacher-cache"] = str(self.cache_dir(stage))
+                kd.setdefault("kd-topk", spec["topk"])
+            flags.update(kd)
             flags["teacher-path"] = str(self.best_checkpoint(stage.teacher))
-        if stage.init_from:
+        if stage.init_from and stage.init_from_state == "weights":
             flags["init-student-from"] = str(self.best_checkpoint(stage.init_from))
         flags.update(stage.flags)
         flags.update(self.budget(stage))
+        if stage.init_from_state == "training" and stage.max_update:
+            # fairseq counts updates from the source's: the stage's own budget comes on top
+            flags["max_update"] = stage.max_update + self.start_updates(stage)
         world = self.devices.world_size
         if world > 1 and flags.get("max-tokens"):  # keep the single-process batch
             flags["max-tokens"] = math.ceil(int(flags["max-tokens"]) / world)
@@ -244,12 +339,20 @@ class Chain:
         self.check_owner(stage)
         if stage.seqkd:
             self.distill(stage)
+        if self.cache_spec(stage):
+            self.build_cache(stage)
+        writes = self.devices.node_rank == 0  # on several machines, only the first records
+        resumed = (folder / "checkpoint_last.pt").is_file()
+        if stage.init_from_state == "training" and not resumed:
+            _start_from_training_state(self.best_checkpoint(stage.init_from), folder)
         cmd = self.train_command(stage)
         record = {**self.identity(stage), "budget": self.budget(stage), "finished": False}
         record["command"] = cmd
-        _write_json(folder / STAGE_RECORD, record)
-        resumed = (folder / "checkpoint_last.pt").is_file()
-        logger.info(
+        if stage.init_from_state == "training":
+            record["start_updates"] = self.start_updates(stage)
+        if writes:
+            _write_json(folder / STAGE_RECORD, record)
+        logger.debug(
             "stage %s: %s on %s -> %s",
             stage.name,
             "resuming" if resumed else "training",
@@ -264,10 +367,57 @@ class Chain:
                 raise EvokdError(
                     f"stage {stage.name}: {folder} is being trained by another process"
                 ) from exc
-            _run_logged(cmd, folder / "train.log")
+            _run_logged(cmd, folder / "train.log", stream=self.verbose)
+        if not writes:
+            return record
         record.update(finished=True, **_training_stats(folder))
+        if record.get("start_updates") and record.get("updates") is not None:
+            record["updates"] -= record["start_updates"]  # this stage's own updates
         record["wall_seconds"] = record.get("train_seconds") or time.time() - start
         _write_json(folder / STAGE_RECORD, record)
+        return record
+
+    def start_updates(self, stage):
+        """Updates the stage's source had made (a stage that carries the training state)."""
+        if stage.init_from_state != "training" or stage.init_from not in self.plan.stage_names:
+            return 0
+        source = self.plan.stage(stage.init_from)
+        record = self.record(source) or {}
+        return int(record.get("updates") or 0) + int(record.get("start_updates") or 0)
+
+    def build_cache(self, stage):
+        """The teacher cache of the stage's (teacher, data) pair, built once (resumable)."""
+        from evokd.teacher_cache import build_cache
+
+        out = self.cache_dir(stage)
+        record_path = self.step_record("cache", out.name)
+        if out.is_dir() and record_path.is_file():
+            return steps.read_json(record_path)
+        teacher = self.best_checkpoint(stage.teacher)
+        self.progress(f"  teacher cache {out.name}: {teacher} over {self.stage_data(stage)}")
+        start = time.time()
+        meta = build_cache(
+            str(teacher),
+            self.stage_data(stage),
+            out,
+            k=self.cache_spec(stage)["topk"],
+            processes=self.devices.procs if self.devices.cuda else 1,
+            cpu=not self.devices.cuda,
+        )
+        record = {
+            "step": "cache",
+            "name": out.name,
+            "teacher": str(teacher),
+            "data": self.stage_data(stage),
+            "seconds": time.time() - start,
+            "bytes": meta.get("bytes"),
+        }
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(record_path, record)
+        self.progress(
+            f"  teacher cache {out.name}: done in {_clock(record['seconds'])}, "
+            f"{(record['bytes'] or 0) / 2**20:.1f} MiB"
+        )
         return record
 
     def distill(self, stage):
@@ -279,10 +429,15 @@ class Chain:
 
         spec = {k.replace("-", "_"): v for k, v in stage.seqkd.items() if k != "teacher"}
         teacher = self.best_checkpoint(stage.seqkd["teacher"])
-        logger.info(
-            "stage %s: distilling the training data with %s -> %s", stage.name, teacher, out
-        )
+        self.progress(f"  sequence-level KD data {out.name}: {teacher} translates the training set")
+        start = time.time()
         distill_data(str(teacher), self.plan.data, str(out), cpu=not self.devices.cuda, **spec)
+        record = {"step": "distill", "name": out.name, "teacher": str(teacher)}
+        record["seconds"] = time.time() - start
+        path = self.step_record("distill", out.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, record)
+        self.progress(f"  sequence-level KD data {out.name}: done in {_clock(record['seconds'])}")
 
     # --- the whole run -----------------------------------------------------------------
 
@@ -300,12 +455,19 @@ class Chain:
             for stage in stages:
                 if not self.is_finished(stage):
                     self.check_prerequisites(stage, hint)
-        for stage in stages:
+        clock = _Progress(self, stages)
+        for i, stage in enumerate(stages, 1):
+            head = f"[{i}/{len(stages)}] {stage.name}"
             if self.is_finished(stage):
-                logger.info("stage %s: finished earlier, skipped", stage.name)
+                self.progress(f"{head}: finished earlier, skipped")
                 continue
             self.check_prerequisites(stage, hint)
-            self.train(stage)
+            self.progress(
+                f"{head}: {clock.describe(stage)}; log: {self.stage_dir(stage)}/train.log"
+            )
+            started = time.time()
+            record = self.train(stage)
+            self.progress(f"{head}: {clock.finished(stage, record, time.time() - started)}")
         if not evaluate:
             return []
         return self.report()
@@ -364,6 +526,7 @@ class Chain:
                 "stage": stage.name,
                 "architecture": stage.arch,
                 "teacher": stage.teacher,
+                "seqkd_teacher": stage.seqkd["teacher"] if stage.seqkd else None,
                 "init_from": stage.init_from,
                 "updates": record.get("updates"),
                 "wall_seconds": record.get("wall_seconds"),
@@ -375,16 +538,131 @@ class Chain:
             rows.append(row)
         return rows
 
+    def step_records(self):
+        folder = self.checkpoints / "steps"
+        return (
+            [steps.read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+        )
+
+    def costs(self, rows):
+        """The chain's time (stages and teacher steps) beside what the same stages cost
+        without teachers: the plain stages' time per update (by architecture) times the
+        KD stages' updates."""
+        per_update = {}
+        plain = [r for r in rows if not r["teacher"] and not r["seqkd_teacher"]]
+        for row in plain:
+            if row.get("updates") and row.get("wall_seconds"):
+                per_update.setdefault(row["architecture"], row["wall_seconds"] / row["updates"])
+        stages_s = sum(r.get("wall_seconds") or 0 for r in rows)
+        teacher_steps_s = sum(r.get("seconds") or 0 for r in self.step_records())
+        no_teacher, unknown = 0.0, []
+        for row in rows:
+            if row in plain:
+                no_teacher += row.get("wall_seconds") or 0
+            elif row.get("updates") and row["architecture"] in per_update:
+                no_teacher += row["updates"] * per_update[row["architecture"]]
+            else:
+                unknown.append(row["stage"])
+        total = stages_s + teacher_steps_s
+        return {
+            "chain_seconds": total,
+            "stage_seconds": stages_s,
+            "teacher_step_seconds": teacher_steps_s,
+            "no_teacher_seconds": no_teacher,
+            "ratio": total / no_teacher if no_teacher and not unknown else None,
+            "not_estimated": unknown,
+        }
+
+    def significance(self, rows):
+        """Paired bootstrap (sacrebleu's) of the default pairs and the plan's ``compare``."""
+        from evokd.significance import compare_stages, default_pairs
+
+        done = {r["stage"] for r in rows if r.get("finished")}
+        evaluations = {n: self.results / "stages" / f"{n}.json" for n in done}
+        pairs = default_pairs(self.plan.stage_names, self.plan.compare)
+        return compare_stages(evaluations, pairs)
+
+    def curves(self):
+        """``curves.png``: validation BLEU (or loss) on the student's cumulative updates."""
+        from evokd.curves import write_curves
+
+        stages = []
+        for stage in ordered(self.plan):
+            record = self.record(stage) or {}
+            stages.append(
+                {
+                    "name": stage.name,
+                    "log": self.stage_dir(stage) / "train.log",
+                    "init_from": stage.init_from,
+                    "updates": (record.get("updates") or 0) + (record.get("start_updates") or 0)
+                    if record.get("updates") is not None
+                    else None,
+                    "carries_updates": stage.init_from_state == "training",
+                }
+            )
+        return write_curves(stages, self.results / "curves.png", title=self.run_name)
+
     def report(self):
-        from evokd.report import markdown_table, write_report
+        """Evaluate the finished stages and write the report; returns the rows."""
+        from evokd.report import write_report
 
         rows = self.rows()
-        write_report(
-            self.results, rows, title=f"{self.run_name}: {self.plan.description or self.plan.name}"
-        )
-        print(markdown_table(rows))
-        print(f"\nresults: {self.results}/results.md, results.json, results.png")
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.curves()
+        significance = self.significance(rows)
+        costs = self.costs(rows)
+        title = f"{self.run_name}: {self.plan.description or self.plan.name}"
+        paths = write_report(self.results, rows, title=title, significance=significance)
+        with open(paths["markdown"], "a", encoding="utf-8") as f:
+            f.write("\n" + costs_markdown(costs))
+        record = steps.read_json(paths["json"])
+        steps.write_json(paths["json"], dict(record, costs=costs))
         return rows
+
+
+def costs_markdown(costs):
+    """The chain's time against its no-teacher cost, as a short Markdown section."""
+    lines = ["## Cost", ""]
+    lines.append(
+        f"Chain: {_clock(costs['chain_seconds'])} ({_clock(costs['stage_seconds'])} of stage "
+        f"training, {_clock(costs['teacher_step_seconds'])} of teacher caches and "
+        "translations)."
+    )
+    if costs["ratio"] is not None:
+        lines.append(
+            f"The same stages without teachers: {_clock(costs['no_teacher_seconds'])} "
+            f"(the plain stages' time per update times each stage's updates): "
+            f"{costs['ratio']:.2f}x."
+        )
+    else:
+        lines.append(
+            "No no-teacher estimate for " + ", ".join(costs["not_estimated"]) + " (no plain "
+            "stage of the same architecture)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report_seeds(plan, rows_per_seed, results):
+    """Mean and deviation over seeds of every stage, into ``results/results.md``."""
+    from evokd.seeds import aggregate, markdown_table
+
+    seed_rows = aggregate(rows_per_seed)
+    table = markdown_table(seed_rows)
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    seeds = ", ".join(str(s) for s in rows_per_seed)
+    text = f"# {plan.name} over seeds {seeds}\n\n{table}\n"
+    for seed in rows_per_seed:
+        text += f"\n- seed {seed}: [seed{seed}/results.md](seed{seed}/results.md)"
+    steps.write_json(results / "results.json", {"seeds": list(rows_per_seed), "rows": seed_rows})
+    (results / "results.md").write_text(text + "\n", encoding="utf-8")
+    return table
+
+
+def markdown_table(rows):
+    from evokd.report import markdown_table as table
+
+    return table(rows)
 
 
 def _subparser(module):
@@ -400,16 +678,96 @@ def _stamp(path):
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def _write_json(path, value):
-    tmp = Path(f"{path}.partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+_write_json = steps.write_json
 
 
-def _run_logged(cmd, log_path):
-    """Run ``cmd``, passing its output through and appending it to ``log_path``."""
-    with open(log_path, "a", encoding="utf-8") as log:
+def _clock(seconds):
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class _Progress:
+    """One line per stage: its budget, and an estimate of what is left from the time per
+    update measured so far."""
+
+    def __init__(self, chain, stages):
+        self.chain, self.stages = chain, stages
+        self.seconds, self.updates = 0.0, 0
+        self.start = time.time()
+
+    def budget(self, stage):
+        if stage.max_update:
+            return f"{stage.max_update} updates"
+        return f"{stage.max_epoch} epoch{'s' if stage.max_epoch != 1 else ''}"
+
+    def describe(self, stage):
+        kind = "plain"
+        if stage.teacher:
+            kind = "KD from " + stage.teacher
+            kind += " (cache)" if self.chain.cache_spec(stage) else " (online)"
+        if stage.seqkd:
+            kind += f", on {stage.seqkd['teacher']}'s translations"
+        if stage.init_from:
+            kind += f", from {stage.init_from} ({stage.init_from_state})"
+        verb = "training"
+        if (self.chain.stage_dir(stage) / "checkpoint_last.pt").is_file():
+            verb = "resuming"
+        return f"{verb}, {self.budget(stage)}, {kind}"
+
+    def updates_per_epoch(self, stage):
+        for other in self.stages:
+            record = self.chain.record(other) or {}
+            if record.get("epochs") and record.get("updates") and other.max_epoch:
+                if self.chain.stage_data(other) == self.chain.stage_data(stage):
+                    return record["updates"] / record["epochs"]
+        return None
+
+    def finished(self, stage, record, seconds):
+        updates = record.get("updates") or 0
+        self.seconds += seconds
+        self.updates += updates
+        line = f"done in {_clock(seconds)}, {updates} updates"
+        if updates and record.get("wall_seconds"):
+            line += f" ({record['wall_seconds'] / updates:.2f} s/update)"
+        left, known = 0.0, True
+        rest = self.stages[self.stages.index(stage) + 1 :]
+        for other in rest:
+            if self.chain.is_finished(other):
+                continue
+            per_epoch = self.updates_per_epoch(other)
+            n = other.max_update or (per_epoch and other.max_epoch * per_epoch)
+            known = known and bool(n) and bool(self.updates)
+            if known:
+                left += n * self.seconds / self.updates
+        elapsed = _clock(time.time() - self.start)
+        line += f"; {elapsed} so far"
+        if rest and known:
+            line += f", about {_clock(left)} of training left"
+        return line
+
+
+def _start_from_training_state(source, folder):
+    """Seed ``folder/checkpoint_last.pt`` with the weights, optimizer and LR schedule position
+    of ``source`` and a fresh epoch, so fairseq continues the source's training state."""
+    import torch
+
+    from evokd.checkpoint import load_raw
+
+    state = load_raw(str(source), "init_from")
+    extra = dict(state.get("extra_state") or {})
+    extra["train_iterator"] = {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True}
+    extra["previous_training_time"] = 0
+    for key in ("best", "metrics", "val_loss"):
+        extra.pop(key, None)
+    state["extra_state"] = extra
+    tmp = folder / "checkpoint_last.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / "checkpoint_last.pt")
+
+
+def _run_logged(cmd, log_path, stream=True):
+    """Run ``cmd``, appending its output to ``log_path`` (and passing it through if asked)."""
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log:  # tail -f shows it live
         log.write(f"\n$ {' '.join(cmd)}\n")
         proc = subprocess.Popen(
             cmd,
@@ -421,7 +779,8 @@ def _run_logged(cmd, log_path):
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         for line in proc.stdout:
-            sys.stderr.write(line)
+            if stream:
+                sys.stderr.write(line)
             log.write(line)
         code = proc.wait()
     if code != 0:

@@ -84,6 +84,22 @@ def _diagnose(path, exc):
     return f"not a readable fairseq checkpoint ({type(exc).__name__}: {exc})"
 
 
+def load_raw(path, flag="checkpoint"):
+    """A checkpoint as torch stored it (no fairseq upgrades), so that it can be saved again."""
+    import torch
+
+    check_exists(path, flag)
+    register_safe_globals()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        state = None
+    if not isinstance(state, dict) or "model" not in state:
+        load_checkpoint(path, flag)  # raises the error that says what is wrong
+        raise CheckpointError(f"{flag} {path}: not a fairseq checkpoint")
+    return state
+
+
 def model_config(state):
     """The model config (a Namespace for legacy architectures, else a DictConfig)."""
     return state["cfg"]["model"]

@@ -1,8 +1,9 @@
 """Sequence-level KD data (Kim and Rush, 2016): the teacher's beam-search output as targets.
 
 ``evokd distill-data`` translates the source side of one binarized subset with the teacher
-(fairseq's own beam search, batched exactly like ``fairseq-generate --required-batch-size-
-multiple 1``) and writes a new binarized folder that stock ``fairseq-train`` reads::
+(fairseq's own beam search through :mod:`evokd.inference`, batched exactly like
+``fairseq-generate --required-batch-size-multiple 1``; a sentence too long for the teacher
+is an error) and writes a new binarized folder that stock ``fairseq-train`` reads::
 
     OUT/dict.*.txt, preprocess.log, ...     copied from DATA unchanged
     OUT/{valid,test,...}.{src}-{tgt}.*      copied unchanged: validation and test stay real
@@ -21,7 +22,6 @@ with the same settings skips finished chunks); ``OUT`` appears only when complet
 """
 
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -31,8 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evokd import steps
+from evokd.data.folder import language_pair, write_dataset, write_subset
 from evokd.errors import EvokdError
-from evokd.teacher_cache import data_fingerprint, file_digest
+from evokd.inference import DECODING, Translator, choose_device, translate
+from evokd.teacher_cache import data_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -40,57 +43,9 @@ FORMAT = "evokd-distill-data/1"
 META = "distill.json"
 PLAN = "building.json"
 CHUNKS = "chunks"
-ORDER_SEED = 2  # fairseq-generate sorts with numpy seed --seed (1) + epoch (1)
+FILES = ("teacher", "data")  # recorded by path, checked by content (``*_sha256``)
 
-
-class Translator:
-    """The frozen teacher and fairseq's beam search over one binarized subset."""
-
-    def __init__(self, teacher_path, data, subset, decoding, device):
-        from evokd.checkpoint import load_checkpoint
-        from evokd.runtime import parse_config, translation_task
-        from evokd.teacher import build_from_checkpoint
-
-        task_cfg = load_checkpoint(teacher_path, "--teacher")["cfg"]["task"]
-        src = getattr(task_cfg, "source_lang", None)
-        tgt = getattr(task_cfg, "target_lang", None)
-        try:
-            self.task = translation_task(data, [subset], src, tgt)
-        except FileNotFoundError as exc:  # a dictionary or the subset
-            raise EvokdError(f"--data {data}: {exc} (expected fairseq binarized data)") from exc
-        self.dataset = self.task.dataset(subset)
-        self.device = device
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in decoding.items()]
-        cfg = parse_config([data, *flags], parser="generation")
-        self.model = build_from_checkpoint(teacher_path, self.task, flag="--teacher")
-        self.model.eval()
-        self.model.requires_grad_(False)
-        self.model.to(device)
-        self.model.prepare_for_inference_(cfg)  # as fairseq-generate does
-        self.generator = self.task.build_generator([self.model], cfg.generation)
-
-    def plan_batches(self, max_tokens):
-        """fairseq-generate's batches: examples sorted by length, cut by ``max_tokens``."""
-        from fairseq.data import data_utils
-
-        dataset = self.dataset
-        with data_utils.numpy_seed(ORDER_SEED):
-            order = dataset.ordered_indices()
-        max_src = self.model.max_positions()[0]
-        too_long = np.flatnonzero(dataset.src_sizes > max_src)
-        if len(too_long):
-            raise EvokdError(
-                f"{len(too_long)} source sentences (e.g. example {too_long[0]}, "
-                f"{dataset.src_sizes[too_long[0]]} tokens) are longer than the teacher's "
-                f"{max_src} positions"
-            )
-        sizes = dataset.num_tokens_vec(order)
-        if len(sizes) and sizes.max() > max_tokens:
-            raise EvokdError(
-                f"--max-tokens {max_tokens}: example {order[sizes.argmax()]} alone has "
-                f"{sizes.max()} tokens; raise --max-tokens"
-            )
-        return dataset.batch_by_size(order, max_tokens=max_tokens, required_batch_size_multiple=1)
+__all__ = ["distill_data", "write_dataset"]
 
 
 def plan_chunks(batches, chunk_size):
@@ -108,24 +63,7 @@ def plan_chunks(batches, chunk_size):
 
 def compute_chunk(translator, batches, bar=None):
     """Translate ``batches``: a list of (example id, best hypothesis tokens + EOS, score)."""
-    from fairseq import utils
-
-    t = translator
-    eos = t.task.target_dictionary.eos()
-    items = []
-    for batch in batches:
-        sample = t.dataset.collater([t.dataset[int(i)] for i in batch])
-        if t.device.type == "cuda":
-            sample = utils.move_to_cuda(sample, device=t.device)
-        hypos = t.task.inference_step(t.generator, [t.model], sample)
-        for example, nbest in zip(sample["id"].tolist(), hypos):
-            tokens = nbest[0]["tokens"].int().cpu().numpy()
-            if tokens[-1] != eos or (tokens[:-1] == eos).any():
-                raise RuntimeError(f"example {example}: hypothesis without a single final EOS")
-            items.append((example, tokens, float(nbest[0]["score"])))
-        if bar is not None:
-            bar.update(len(batch))
-    return items
+    return [(h.id, h.tokens.int().numpy(), h.score) for h in translate(translator, batches, bar)]
 
 
 def _chunk_path(folder, c):
@@ -164,14 +102,10 @@ def read_chunks(folder, n_chunks, n_examples):
 
 def _worker(rank, args):
     """Translate the chunks ``c`` with ``c % processes == rank`` that are not finished yet."""
-    teacher_path, data, subset, decoding, settings, processes, folder, use_cuda = args
-    if use_cuda:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        if processes > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+    teacher_path, data, subset, decoding, settings, processes, folder, cpu = args
+    device = choose_device(cpu, rank)
+    if device.type == "cpu" and processes > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
     translator = Translator(teacher_path, data, subset, decoding, device)
     _translate(translator, settings, folder, rank, processes)
 
@@ -196,49 +130,14 @@ def _check_plan(partial, building):
     path = partial / PLAN
     if not path.is_file():
         raise EvokdError(f"{partial}: exists but is not an unfinished distillation (no {PLAN})")
-    with open(path, encoding="utf-8") as f:
-        theirs = json.load(f)
-    ours, diffs = building["fingerprint"], []
-    for key in sorted(set(ours) | set(theirs["fingerprint"])):
-        a, b = theirs["fingerprint"].get(key), ours.get(key)
-        if a != b and key.endswith("_sha256"):  # a file's content: name the files
-            key = key.replace("_sha256", "")
-            a, b = f"{theirs[key]} (sha256 {a[:12]})", f"{building[key]} (sha256 {b[:12]})"
-        if a != b:
-            diffs.append(f"{key}: {a} there, {b} now")
-    if diffs:
-        raise EvokdError(
-            f"{partial}: an unfinished distillation with other settings ({'; '.join(diffs)}); "
-            "rerun with its settings to finish it, or remove it to start over"
-        )
-    logger.info("resuming the unfinished distillation in %s", partial)
-
-
-def _language_pair(data, subset, src, tgt):
-    """The file-name pair fairseq uses for ``subset`` (``src-tgt`` or ``tgt-src``)."""
-    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
-        if (Path(data) / f"{subset}.{pair}.{src}.idx").is_file():
-            if (Path(data) / f"{subset}1.{pair}.{src}.idx").is_file():
-                raise EvokdError(
-                    f"--data {data}: {subset} has several shards ({subset}1.{pair}.*): "
-                    "distilling a sharded subset is not supported"
-                )
-            return pair
-    raise EvokdError(
-        f"--subset {subset}: {data} has no {subset}.{src}-{tgt}.{src}.idx (expected fairseq "
-        "binarized data)"
+    theirs = steps.read_json(path)
+    steps.check_files_and_settings(
+        f"{partial}: an unfinished distillation",
+        {**theirs["fingerprint"], **{k: theirs[k] for k in FILES}},
+        {**building["fingerprint"], **{k: building[k] for k in FILES}},
+        "rerun with its settings to finish it, or remove it to start over",
     )
-
-
-def write_dataset(prefix, items, vocab_size):
-    """``prefix.{bin,idx}`` in fairseq's mmap format, byte for byte as fairseq-preprocess
-    writes it; each item holds a sentence's token ids followed by EOS."""
-    from fairseq.data.indexed_dataset import make_builder
-
-    builder = make_builder(f"{prefix}.bin", impl="mmap", vocab_size=vocab_size)
-    for tokens in items:
-        builder.add_item(torch.as_tensor(tokens))
-    builder.finalize(f"{prefix}.idx")
+    logger.info("resuming the unfinished distillation in %s", partial)
 
 
 def _twice(dataset):
@@ -251,32 +150,27 @@ def _finish(partial, out, data, hypos, info):
     from fairseq.data import Dictionary, data_utils
 
     data, subset, src, tgt = Path(data), info["subset"], info["source_lang"], info["target_lang"]
-    prefix, keep = f"{subset}.{info['pair']}", info["keep_references"]
-    written = [f"{prefix}.{lang}.{ext}" for lang in (src, tgt) if keep or lang == tgt
-               for ext in ("bin", "idx")]  # fmt: skip
-    for path in sorted(data.iterdir()):
-        if path.is_file() and path.name not in written:
-            shutil.copyfile(path, partial / path.name)
+    pair, prefix = info["pair"], f"{subset}.{info['pair']}"
     tgt_dict = Dictionary.load(str(data / f"dict.{tgt}.txt"))
-    targets = hypos
-    if keep:  # one subset: the real pairs, then the same sources with the teacher's targets
-        src_dict = Dictionary.load(str(data / f"dict.{src}.txt"))
-        sources = data_utils.load_indexed_dataset(str(data / f"{prefix}.{src}"), src_dict)
-        refs = data_utils.load_indexed_dataset(str(data / f"{prefix}.{tgt}"), tgt_dict)
-        write_dataset(partial / f"{prefix}.{src}", _twice(sources), len(src_dict))
-        targets = itertools.chain((refs[i] for i in range(len(refs))), hypos)
-    write_dataset(partial / f"{prefix}.{tgt}", targets, len(tgt_dict))
+    columns = {tgt: hypos}
+    if info["keep_references"]:  # one subset: the real pairs, then the same sources again
+        sources = data_utils.load_indexed_dataset(str(data / f"{prefix}.{src}"), None)
+        refs = data_utils.load_indexed_dataset(str(data / f"{prefix}.{tgt}"), None)
+        columns = {
+            src: _twice(sources),
+            tgt: itertools.chain((refs[i] for i in range(len(refs))), hypos),
+        }
+    write_subset(data, partial, subset, pair, columns)
     if (data / "text").is_dir():
         shutil.copytree(data / "text", partial / "text", dirs_exist_ok=True)
     (partial / "text").mkdir(exist_ok=True)
     lines = [tgt_dict.string(torch.from_numpy(tokens)) + "\n" for tokens in hypos]
     with open(partial / "text" / f"{subset}.distilled.{tgt}", "w", encoding="utf-8") as f:
         f.writelines(lines)
-    with open(partial / META, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
+    steps.write_json(partial / META, info)
     shutil.rmtree(partial / CHUNKS)
     (partial / PLAN).unlink()
-    os.replace(partial, out)  # the dataset appears complete, or not at all
+    steps.publish(partial, out)  # the dataset appears complete, or not at all
 
 
 def distill_data(
@@ -284,11 +178,11 @@ def distill_data(
     data,
     out,
     subset="train",
-    beam=5,
-    lenpen=1.0,
-    max_len_a=1.2,
-    max_len_b=10,
-    max_tokens=8000,
+    beam=DECODING["beam"],
+    lenpen=DECODING["lenpen"],
+    max_len_a=DECODING["max_len_a"],
+    max_len_b=DECODING["max_len_b"],
+    max_tokens=DECODING["max_tokens"],
     keep_references=False,
     cpu=False,
     processes=1,
@@ -303,7 +197,7 @@ def distill_data(
 
     start = time.perf_counter()
     data, out = str(data), Path(out)
-    partial = Path(f"{out}.partial")
+    partial = steps.partial_path(out)
     check_exists(teacher_path, "--teacher")
     if out.exists():
         raise EvokdError(f"--out {out}: exists; remove it to rebuild (nothing was changed)")
@@ -316,15 +210,14 @@ def distill_data(
         raise EvokdError("expected chunk_size >= 1, --max-len-a >= 0 and --max-len-b >= 1")
     decoding = {"beam": beam, "lenpen": lenpen, "max_len_a": max_len_a, "max_len_b": max_len_b}
     settings = {"max_tokens": max_tokens, "chunk_size": chunk_size}
-    use_cuda = torch.cuda.is_available() and not cpu
-    device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+    device = choose_device(cpu)
     # Checks the teacher, the data, the dictionaries and the sizes before any long work.
     translator = Translator(teacher_path, data, subset, decoding, device)
     src, tgt = translator.task.cfg.source_lang, translator.task.cfg.target_lang
-    pair = _language_pair(data, subset, src, tgt)
+    pair = language_pair(data, subset, src, tgt, flag="--data", shards=False)
     n_chunks = len(plan_chunks(translator.plan_batches(max_tokens), chunk_size))
     fingerprint = {
-        "teacher_sha256": file_digest(teacher_path),
+        "teacher_sha256": steps.file_digest(teacher_path),
         "data_sha256": data_fingerprint(data, subset, *pair.split("-")),
         "subset": subset,
         **decoding,
@@ -336,14 +229,13 @@ def distill_data(
         _check_plan(partial, building)
     else:
         partial.mkdir(parents=True)
-        with open(partial / PLAN, "w", encoding="utf-8") as f:
-            json.dump(building, f, indent=2)
+        steps.write_json(partial / PLAN, building)
     folder.mkdir(exist_ok=True)
     if processes == 1:
         _translate(translator, settings, folder)
     else:
         del translator  # each process loads its own
-        args = (teacher_path, data, subset, decoding, settings, processes, folder, use_cuda)
+        args = (teacher_path, data, subset, decoding, settings, processes, folder, cpu)
         torch.multiprocessing.spawn(_worker, args=(args,), nprocs=processes, join=True)
 
     ref_lengths = _sizes(data, subset, pair, tgt) - 1  # without EOS

@@ -34,7 +34,10 @@ from typing import Optional
 
 from .averaging import average_last_checkpoints, last_epoch_checkpoints
 from .checkpoint import architecture, load_checkpoint
+from .data.folder import check_dictionaries as check_checkpoint_dictionaries
+from .data.folder import languages, subset_size, write_dataset
 from .errors import EvokdError, check_number
+from .inference import DECODING, choose_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +52,12 @@ _TRANSLATED = re.compile(r"Translated ([\d,]+) sentences .* in ([\d.]+)s \(([\d.
 class Decoding:
     """fairseq-generate settings (flags of the same names)."""
 
-    beam: int = 5
-    lenpen: float = 1.0
-    max_tokens: Optional[int] = None  # 8000 unless batch_size is given
+    beam: int = DECODING["beam"]
+    lenpen: float = DECODING["lenpen"]
+    max_tokens: Optional[int] = None  # DECODING's unless batch_size is given
     batch_size: Optional[int] = None
-    max_len_a: float = 0.0  # longest hypothesis: max_len_a * source length + max_len_b
-    max_len_b: int = 200
+    max_len_a: float = DECODING["max_len_a"]  # longest: max_len_a * source length + max_len_b
+    max_len_b: int = DECODING["max_len_b"]
     cpu: bool = False  # also without CUDA
 
     def check(self):
@@ -69,15 +72,13 @@ class Decoding:
             raise EvokdError("--max-tokens and --batch-size: give one or the other")
 
     def fairseq_args(self):
-        import torch
-
         args = ["--beam", str(self.beam), "--lenpen", str(self.lenpen)]
         args += ["--max-len-a", str(self.max_len_a), "--max-len-b", str(self.max_len_b)]
         if self.batch_size is not None:
             args += ["--batch-size", str(self.batch_size)]
         else:
-            args += ["--max-tokens", str(self.max_tokens or 8000)]
-        if self.cpu or not torch.cuda.is_available():
+            args += ["--max-tokens", str(self.max_tokens or DECODING["max_tokens"])]
+        if choose_device(self.cpu).type == "cpu":
             args.append("--cpu")
         return args
 
@@ -107,49 +108,10 @@ def count_parameters(model_state):
 # --- data ------------------------------------------------------------------------------------
 
 
-def languages(state, data):
-    """Source and target language: the checkpoint's, else the data folder's."""
-    from fairseq.data.data_utils import infer_language_pair
-
-    task = state["cfg"].get("task") or {}
-    src, tgt = task.get("source_lang"), task.get("target_lang")
-    if src is None or tgt is None:
-        src, tgt = infer_language_pair(str(data))
-    if src is None or tgt is None:
-        raise EvokdError(f"--data {data}: no binarized SPLIT.SRC-TGT.LANG.idx files found")
-    return src, tgt
-
-
-def check_dictionaries(state, data, src, tgt):
-    """The checkpoint's embedding tables must have one row per dictionary entry."""
-    from fairseq.data import Dictionary
-
-    for side, lang in (("encoder", src), ("decoder", tgt)):
-        path = Path(data) / f"dict.{lang}.txt"
-        if not path.is_file():
-            raise EvokdError(f"--data {data}: no dict.{lang}.txt (expected a fairseq data-bin)")
-        weight = state["model"].get(f"{side}.embed_tokens.weight")
-        if weight is not None and weight.shape[0] != len(Dictionary.load(str(path))):
-            raise EvokdError(
-                f"--data {data}: dict.{lang}.txt has {len(Dictionary.load(str(path)))} entries "
-                f"but the checkpoint's {side} embeddings have {weight.shape[0]} rows; "
-                "the model was trained on other data"
-            )
-
-
-def subset_size(data, subset, src, tgt):
-    """Number of sentences of a binarized split, or an error naming the split."""
-    from fairseq.data import data_utils
-
-    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
-        prefix = Path(data) / f"{subset}.{pair}.{src}"
-        if Path(f"{prefix}.idx").is_file():
-            return len(data_utils.load_indexed_dataset(str(prefix), None))
-    splits = sorted({p.name.split(".")[0] for p in Path(data).glob(f"*.{src}-{tgt}.{src}.idx")})
-    raise EvokdError(
-        f"--subset {subset}: {data} has no {subset} split for {src}-{tgt} (expected "
-        f"{subset}.{src}-{tgt}.{src}.idx); it has: {', '.join(splits) or 'none'}"
-    )
+def check_dictionaries(state, data, src, tgt, path="CHECKPOINT", flag="CHECKPOINT"):
+    """The checkpoint must have been trained with ``data``'s dictionaries (by symbols, not
+    only sizes): :func:`evokd.data.folder.check_dictionaries`."""
+    check_checkpoint_dictionaries(state, path, data, src, tgt, flag)
 
 
 def _text_file(data, subset, lang, kind):
@@ -197,16 +159,14 @@ def _binarize_source(lines, data, src, tgt, dest):
     """A data-bin folder ``dest`` holding ``lines`` (BPE'd) as the source side of ``test``."""
     import shutil
 
-    from fairseq.data import Dictionary, indexed_dataset
+    from fairseq.data import Dictionary
 
     for lang in (src, tgt):
         shutil.copyfile(Path(data) / f"dict.{lang}.txt", Path(dest) / f"dict.{lang}.txt")
     dictionary = Dictionary.load(str(Path(data) / f"dict.{src}.txt"))
-    prefix = Path(dest) / f"test.{src}-{tgt}.{src}"
-    builder = indexed_dataset.make_builder(f"{prefix}.bin", "mmap", vocab_size=len(dictionary))
-    for line in lines:  # as fairseq-preprocess --srcdict does
-        builder.add_item(dictionary.encode_line(line, add_if_not_exist=False))
-    builder.finalize(f"{prefix}.idx")
+    # encoded as fairseq-preprocess --srcdict does
+    items = (dictionary.encode_line(line, add_if_not_exist=False) for line in lines)
+    write_dataset(Path(dest) / f"test.{src}-{tgt}.{src}", items, len(dictionary))
 
 
 # --- translation and scores ------------------------------------------------------------------
@@ -346,12 +306,12 @@ def evaluate_checkpoint(
     data,
     subset=None,
     *,
-    beam=5,
-    lenpen=1.0,
+    beam=DECODING["beam"],
+    lenpen=DECODING["lenpen"],
     max_tokens=None,
     batch_size=None,
-    max_len_a=0.0,
-    max_len_b=200,
+    max_len_a=DECODING["max_len_a"],
+    max_len_b=DECODING["max_len_b"],
     cpu=False,
     average_last=None,
     out=None,
@@ -386,11 +346,12 @@ def evaluate_checkpoint(
     if average_last:
         folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
         inputs = last_epoch_checkpoints(folder, average_last)
-        state = load_checkpoint(str(inputs[0]), "--average-last")
+        path, flag = inputs[0], "--average-last"
     else:
-        state = load_checkpoint(str(checkpoint), "CHECKPOINT")
+        path, flag = checkpoint, "CHECKPOINT"
+    state = load_checkpoint(str(path), flag)
     src, tgt = languages(state, data)
-    check_dictionaries(state, data, src, tgt)
+    check_dictionaries(state, data, src, tgt, path, flag)
     if src_file:
         source, refs_tok, refs_raw = _encode_raw_text(data, src, tgt, src_file, ref_file)
         tok_file = None

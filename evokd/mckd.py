@@ -26,42 +26,36 @@ and a rerun skips the finished ones::
     DIR/results/mckd/stages/        the final student's test scores (fairseq-generate)
     DIR/mckd.json, DIR/mckd.md      the report
 
-The labels are scored with sacrebleu's chrF (default settings) and BLEU (``tokenize="none"``)
-on tokenized text: label and reference token ids decoded with the target dictionary, BPE
-(``@@ ``) removed, compared as they are, with no detokenization.
+How the labels are scored, and the report: :mod:`evokd.mckd_report`.
 """
 
 import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from evokd import mckd_report, steps
 from evokd.chain import Chain, Devices
 from evokd.checkpoint import check_exists, load_checkpoint
+from evokd.data.folder import language_pair, languages, load_side, subset_size, write_folder
 from evokd.distill_data import META as DISTILLED
-from evokd.distill_data import distill_data, write_dataset
-from evokd.errors import EvokdError
+from evokd.distill_data import distill_data
+from evokd.errors import EvokdError, check_number
+from evokd.inference import DECODING
+from evokd.mckd_report import FORMAT, HALVES
 from evokd.plan import Plan, Stage
-from evokd.teacher_cache import data_fingerprint, file_digest
+from evokd.teacher_cache import data_fingerprint
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "evokd-mckd/1"
 SETTINGS = "mckd_settings.json"
 IDS = "mckd_ids.txt"  # in every half folder: the original id of each of its pairs
 MERGED = "merge.json"
 RUN = "mckd"  # the chain run: DIR/checkpoints/mckd/STAGE
-HALVES = ("A", "B")
-METHOD = "collaborative multi-stage relabelling (after MCKD, Zhao et al., ACL 2024)"
-METRIC_NOTE = (
-    "labels and training references decoded with the target dictionary, BPE '@@ ' removed, "
-    "scored as tokenized text: sacrebleu CHRF() and BLEU(tokenize='none')"
-)
 
 
 def split_ids(n, seed):
@@ -69,49 +63,6 @@ def split_ids(n, seed):
     order = np.random.default_rng(seed).permutation(n).tolist()
     cut = math.ceil(n / 2)
     return order[:cut], order[cut:]
-
-
-def _write_json(path, value):
-    tmp = Path(f"{path}.partial")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def _stamp(path):
-    st = os.stat(path)
-    return f"{st.st_size}-{st.st_mtime_ns}"
-
-
-def _whole(value, flag, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise EvokdError(f"{flag} {value!r}: expected a whole number >= {minimum}")
-
-
-def _languages(teacher, data):
-    """(src, tgt, pair): the teacher's languages and the file-name pair of DATA's train."""
-    task = load_checkpoint(str(teacher), "--teacher")["cfg"]["task"]
-    src, tgt = getattr(task, "source_lang", None), getattr(task, "target_lang", None)
-    if src is None or tgt is None:
-        from fairseq.data.data_utils import infer_language_pair
-
-        src, tgt = infer_language_pair(str(data))
-    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
-        if (Path(data) / f"train.{pair}.{src}.idx").is_file():
-            return src, tgt, pair
-    raise EvokdError(
-        f"--data {data}: no train.{src}-{tgt}.{src}.idx (expected fairseq binarized data "
-        "whose train subset is the source pool)"
-    )
-
-
-def _load(folder, pair, lang):
-    from fairseq.data import data_utils
-
-    return data_utils.load_indexed_dataset(str(Path(folder) / f"train.{pair}.{lang}"), None)
 
 
 class Relabelling:
@@ -124,7 +75,7 @@ class Relabelling:
         self.src, self.tgt, self.pair = (
             settings[k] for k in ("source_lang", "target_lang", "pair")
         )
-        self.steps = []
+        self.records = []  # one per step: name, output, seconds, ran now
 
     # --- where things are --------------------------------------------------------------
 
@@ -164,7 +115,7 @@ class Relabelling:
             work()
         else:
             logger.info("mckd: %s: finished earlier, skipped", name)
-        self.steps.append(
+        self.records.append(
             {"step": name, "output": str(output), "seconds": seconds(), "ran_now": ran}
         )
 
@@ -174,12 +125,13 @@ class Relabelling:
 
         def work():
             distill_data(
-                str(model), str(data), str(out), beam=s["beam"], max_len_a=s["max_len_a"],
+                str(model), str(data), str(out), beam=s["beam"], lenpen=s["lenpen"],
+                max_len_a=s["max_len_a"],
                 max_len_b=s["max_len_b"], max_tokens=s["max_tokens"],
                 cpu=not self.devices.cuda, processes=self.devices.procs if self.devices.cuda else 1,
             )  # fmt: skip
 
-        self._step(name, out, meta.is_file, work, lambda: _read_json(meta)["wall_seconds"])
+        self._step(name, out, meta.is_file, work, lambda: steps.read_json(meta)["wall_seconds"])
 
     def train(self, stages):
         """Train ``stages`` as chain stages (a finished one is skipped); returns the chain."""
@@ -196,23 +148,9 @@ class Relabelling:
 
     def write_folder(self, dest, sources, targets, extra):
         """``dest``: DATA's files (dictionaries, valid, test, ...) with a new train subset."""
-        from fairseq.data import Dictionary
-
-        partial = Path(f"{dest}.partial")
-        if partial.exists():  # an interrupted write: cheap to redo
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-        langs = (self.src, self.tgt)
-        skip = {f"train.{self.pair}.{lang}.{ext}" for lang in langs for ext in ("bin", "idx")}
-        for path in sorted(self.data.iterdir()):
-            if path.is_file() and path.name not in skip | {DISTILLED, IDS, MERGED}:
-                shutil.copyfile(path, partial / path.name)
-        for lang, items in zip(langs, (sources, targets)):
-            size = len(Dictionary.load(str(self.data / f"dict.{lang}.txt")))
-            write_dataset(partial / f"train.{self.pair}.{lang}", items, size)
-        for name, text in extra.items():
-            (partial / name).write_text(text, encoding="utf-8")
-        os.replace(partial, dest)
+        columns = {self.src: sources, self.tgt: targets}
+        skip = {DISTILLED, IDS, MERGED}
+        write_folder(self.data, dest, "train", self.pair, columns, extra, skip)
 
     def split(self, n):
         """The stage-1 halves (the teacher's labels), then split.json with their ids."""
@@ -222,8 +160,8 @@ class Relabelling:
         def work():
             start = time.perf_counter()
             teacher = self.labels("teacher")
-            sources = _load(teacher, self.pair, self.src)
-            targets = _load(teacher, self.pair, self.tgt)
+            sources = load_side(teacher, "train", self.pair, self.src)
+            targets = load_side(teacher, "train", self.pair, self.tgt)
             for half in HALVES:
                 if self.labels(1, half).is_dir():  # written completely or not at all
                     continue
@@ -235,9 +173,10 @@ class Relabelling:
                     {IDS: "".join(f"{i}\n" for i in mine)},
                 )
             seconds = round(time.perf_counter() - start, 2)
-            _write_json(path, {"seed": seed, "n": n, **ids, "seconds": seconds})
+            steps.write_json(path, {"seed": seed, "n": n, **ids, "seconds": seconds})
 
-        self._step("split in halves", path, path.is_file, work, lambda: _read_json(path)["seconds"])
+        seconds = lambda: steps.read_json(path)["seconds"]  # noqa: E731
+        self._step("split in halves", path, path.is_file, work, seconds)
         return ids
 
     def merge(self, k, ids):
@@ -250,53 +189,17 @@ class Relabelling:
             sources, targets = [None] * n, [None] * n
             for half in HALVES:
                 folder = self.labels(k, half)
-                src, tgt = _load(folder, self.pair, self.src), _load(folder, self.pair, self.tgt)
+                src, tgt = (
+                    load_side(folder, "train", self.pair, lang) for lang in (self.src, self.tgt)
+                )
                 for j, i in enumerate(ids[half]):
                     sources[i], targets[i] = src[j], tgt[j]
             info = {"labels": {h: str(self.labels(k, h)) for h in HALVES}, "pairs": n}
             info["seconds"] = round(time.perf_counter() - start, 2)
             self.write_folder(dest, sources, targets, {MERGED: json.dumps(info, indent=2)})
 
-        seconds = lambda: _read_json(dest / MERGED)["seconds"]  # noqa: E731
+        seconds = lambda: steps.read_json(dest / MERGED)["seconds"]  # noqa: E731
         self._step("merge the halves", dest, dest.is_dir, work, seconds)
-
-    # --- scores of the labels ----------------------------------------------------------
-
-    def score_labels(self, k, ids, references):
-        """chrF and BLEU of stage ``k``'s labels (both halves, and each) against the refs."""
-        from fairseq.data import Dictionary
-        from sacrebleu.metrics import BLEU, CHRF
-
-        folder, cache = self.labels(k), self.labels(k) / "scores.json"
-        stamp = {h: _stamp(self.labels(k, h) / f"train.{self.pair}.{self.tgt}.bin") for h in HALVES}
-        if cache.is_file() and _read_json(cache).get("stamp") == stamp:
-            return _read_json(cache)
-        vocab = Dictionary.load(str(self.data / f"dict.{self.tgt}.txt"))
-        hyps, refs, n = {}, {}, len(references)
-        merged = [None] * n
-        for half in HALVES:
-            items = _load(folder / half, self.pair, self.tgt)
-            hyps[half] = [vocab.string(items[j], bpe_symbol="@@ ") for j in range(len(items))]
-            refs[half] = [references[i] for i in ids[half]]
-            for j, i in enumerate(ids[half]):
-                merged[i] = hyps[half][j]
-        hyps["all"], refs["all"] = merged, references
-        scores = {"stage": k, "pairs": n, "stamp": stamp}
-        for part in ("all", *HALVES):
-            suffix = "" if part == "all" else f"_{part}"
-            for name, metric in (("chrf", CHRF()), ("bleu", BLEU(tokenize="none", force=True))):
-                scores[name + suffix] = metric.corpus_score(hyps[part], [refs[part]]).score
-                scores[f"{name}_signature"] = str(metric.get_signature())
-        _write_json(cache, scores)
-        return scores
-
-    def references(self):
-        """DATA's training targets as tokenized text (BPE removed), in id order."""
-        from fairseq.data import Dictionary
-
-        vocab = Dictionary.load(str(self.data / f"dict.{self.tgt}.txt"))
-        items = _load(self.data, self.pair, self.tgt)
-        return [vocab.string(items[i], bpe_symbol="@@ ") for i in range(len(items))]
 
     # --- the whole run -----------------------------------------------------------------
 
@@ -317,116 +220,18 @@ class Relabelling:
         final = self.student("final_student", self.labels("final"))
         chain = self.train([final])
         test = chain.evaluate_stage(final) if evaluate else None
-        references = self.references()
-        labels = [self.score_labels(k, ids, references) for k in range(1, stages + 2)]
-        report = self.report(ids, labels, students, chain, final, test)
+        refs = mckd_report.references(self)
+        labels = [mckd_report.score_labels(self, k, ids, refs) for k in range(1, stages + 2)]
+        report = mckd_report.report(self, ids, labels, students, chain, final, test)
         report["wall_seconds"] = round(time.perf_counter() - start, 1)
-        _write_json(self.out / "mckd.json", report)
-        (self.out / "mckd.md").write_text(markdown(report), encoding="utf-8")
+        steps.write_json(self.out / "mckd.json", report)
+        (self.out / "mckd.md").write_text(mckd_report.markdown(report), encoding="utf-8")
         for row in labels:
             logger.info(
                 "mckd: labels of stage %d (%s): chrF %.2f, BLEU %.2f against the references",
                 row["stage"], row["made_by"], row["chrf"], row["bleu"],
             )  # fmt: skip
         return report
-
-    def report(self, ids, labels, students, chain, final, test):
-        seconds = {s["step"]: s["seconds"] for s in self.steps}
-        for row in labels:
-            k = row["stage"]
-            del row["stamp"]
-            row["folders"] = {h: str(self.labels(k, h)) for h in HALVES}
-            if k == 1:
-                row["made_by"], row["seconds"] = "teacher", seconds["teacher labels"]
-            else:
-                row["made_by"] = f"student_B{k - 1} (half A), student_A{k - 1} (half B)"
-                row["seconds"] = sum(
-                    seconds[f"relabel half {h} with student_{o}{k - 1}"]
-                    for h, o in zip(HALVES, reversed(HALVES))
-                )
-        rows = [
-            {"stage": k, "student": stage.name, "half": half, "data": stage.data,
-             "pairs": len(ids[half]), "updates": record["updates"],
-             "seconds": record["wall_seconds"]}
-            for k, half, stage, record in students
-        ]  # fmt: skip
-        record = chain.record(final)
-        final = {
-            "stage": None, "student": final.name, "half": "A+B", "data": final.data,
-            "pairs": sum(map(len, ids.values())), "updates": record["updates"],
-            "seconds": record["wall_seconds"], "checkpoint": str(chain.best_checkpoint(final.name)),
-            "test": test,
-        }  # fmt: skip
-        return {
-            "format": FORMAT,
-            "method": METHOD,
-            "settings": self.settings,
-            "split": {"seed": self.settings["seed"], **{h: len(ids[h]) for h in HALVES}},
-            "metric": METRIC_NOTE,
-            "labels": labels,
-            "students": rows,
-            "final": final,
-            "steps": self.steps,
-        }
-
-
-def _num(value, digits=2):
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def markdown(report):
-    """The report as Markdown: the labels of every stage, the students, the steps."""
-    lines = [
-        f"# {METHOD}",
-        "",
-        f"Labels against the training references ({report['metric']}).",
-        "",
-        "| labels | made by | pairs | chrF | BLEU | chrF A | chrF B | seconds |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
-    ]
-    for r in report["labels"]:
-        cells = [f"stage {r['stage']}", r["made_by"], str(r["pairs"])]
-        cells += [_num(r[key]) for key in ("chrf", "bleu", "chrf_A", "chrf_B")]
-        lines.append("| " + " | ".join(cells + [_num(r["seconds"], 1)]) + " |")
-    final, test = report["final"], report["final"]["test"] or {}
-    lines += ["", "| student | pairs | updates | seconds | test BLEU | test chrF |"]
-    lines += ["|---|--:|--:|--:|--:|--:|"]
-    for s in report["students"] + [final]:
-        scores = ["", ""] if s["stage"] else [_num(test.get("bleu")), _num(test.get("chrf"))]
-        cells = [s["student"], str(s["pairs"]), str(s["updates"]), _num(s["seconds"], 1)]
-        lines.append("| " + " | ".join(cells + scores) + " |")
-    lines += ["", "| step | seconds | run now |", "|---|--:|---|"]
-    for s in report["steps"]:
-        lines.append(
-            f"| {s['step']} | {_num(s['seconds'], 1)} | {'yes' if s['ran_now'] else 'no'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _claim(out, settings):
-    """Record ``settings`` in a new ``out``, or check that an existing one was made with them."""
-    path = out / SETTINGS
-    if path.is_file():
-        theirs, diffs = _read_json(path), []
-        for key in sorted(set(theirs) | set(settings)):
-            a, b = theirs.get(key), settings.get(key)
-            if a != b:
-                if key.endswith("_sha256") and a and b:
-                    a, b = a[:12], b[:12]
-                diffs.append(f"{key}: {a!r} there, {b!r} now")
-        if diffs:
-            raise EvokdError(
-                f"--out {out}: made with other settings ({'; '.join(diffs)}); rerun with its "
-                "settings to resume it, or give another --out"
-            )
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EvokdError(
-            f"--out {out}: exists and is not an evokd mckd folder (no {SETTINGS}); give a new "
-            "or empty folder"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, settings)
 
 
 def run_mckd(
@@ -439,12 +244,13 @@ def run_mckd(
     seed=1,
     train_flags=None,
     devices=None,
-    beam=5,
+    beam=DECODING["beam"],
     extra_args=(),
     *,
-    max_len_a=1.2,
-    max_len_b=10,
-    max_tokens=8000,
+    lenpen=DECODING["lenpen"],
+    max_len_a=DECODING["max_len_a"],
+    max_len_b=DECODING["max_len_b"],
+    max_tokens=DECODING["max_tokens"],
     evaluate=True,
     evaluate_args=None,
 ):
@@ -454,7 +260,8 @@ def run_mckd(
     architecture and epochs. ``seed``: the split and fairseq's ``--seed`` of the students.
     ``train_flags``: fairseq flags of every student, as a plan's ``train:`` section
     (default: the ``tiny`` preset's). ``devices``: a :class:`evokd.chain.Devices`.
-    ``beam``, ``max_len_a``, ``max_len_b``, ``max_tokens``: decoding of every relabelling.
+    ``beam``, ``lenpen``, ``max_len_a``, ``max_len_b``, ``max_tokens``: decoding of every
+    relabelling (default: :data:`evokd.inference.DECODING`).
     ``extra_args``: fairseq-train flags after all others. ``evaluate``: score the final
     student on DATA's test set with ``evaluate_args`` (keys of
     :func:`evokd.evaluate.evaluate_checkpoint`; default subset test, beam ``beam``).
@@ -462,22 +269,18 @@ def run_mckd(
     """
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    from evokd.evaluate import subset_size
     from evokd.plan import load_plan
 
     check_exists(str(teacher), "--teacher")
     if not Path(data).is_dir():
         raise EvokdError(f"--data {data}: no such folder (expected fairseq binarized data)")
-    _whole(stages, "--stages")
-    _whole(beam, "--beam")
-    _whole(max_tokens, "--max-tokens")
-    _whole(seed, "--seed", 0)
     if max_epoch is None:
         raise EvokdError("--max-epoch: give the epochs of every student")
-    _whole(max_epoch, "--max-epoch")
-    if not (isinstance(max_len_a, (int, float)) and max_len_a >= 0):
-        raise EvokdError(f"--max-len-a {max_len_a!r}: expected a number >= 0")
-    _whole(max_len_b, "--max-len-b")
+    for value, flag, minimum in ((stages, "--stages", 1), (beam, "--beam", 1), (seed, "--seed", 0),
+                                 (max_tokens, "--max-tokens", 1), (max_epoch, "--max-epoch", 1),
+                                 (max_len_b, "--max-len-b", 1)):  # fmt: skip
+        check_number(value, flag, minimum)
+    check_number(max_len_a, "--max-len-a", 0, kind=float)
     if arch not in ARCH_MODEL_REGISTRY:  # evokd's transformer_evokd_* are registered
         raise EvokdError(
             f"--arch {arch}: not an architecture known to fairseq (see `fairseq-train --help` "
@@ -487,33 +290,28 @@ def run_mckd(
         raise EvokdError(f"--data {data}: holds no binarized data (dict.*.txt); run evokd prepare")
     if train_flags is None:
         train_flags = load_plan("tiny").train
-    src, tgt, pair = _languages(teacher, data)
-    n = subset_size(str(data), "train", src, tgt)
+    src, tgt = languages(load_checkpoint(str(teacher), "--teacher"), data)
+    pair = language_pair(data, "train", src, tgt)
+    n = subset_size(data, "train", src, tgt)
     if n < 2:
         raise EvokdError(f"--data {data}: {n} training pairs; two halves need at least 2")
     settings = {
         "format": FORMAT,
         "teacher": os.path.abspath(teacher),
-        "teacher_sha256": file_digest(teacher),
+        "teacher_sha256": steps.file_digest(teacher),
         "data": os.path.abspath(data),
         "data_sha256": data_fingerprint(str(data), "train", *pair.split("-")),
         "source_lang": src,
         "target_lang": tgt,
         "pair": pair,
-        "stages": stages,
-        "arch": arch,
-        "max_epoch": max_epoch,
-        "seed": seed,
-        "train_flags": dict(train_flags),
-        "extra_args": list(extra_args),
-        "beam": beam,
-        "max_len_a": max_len_a,
-        "max_len_b": max_len_b,
+        **dict(stages=stages, arch=arch, max_epoch=max_epoch, seed=seed),
+        **dict(train_flags=dict(train_flags), extra_args=list(extra_args)),
+        **dict(beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b),
         "max_tokens": max_tokens,
         "evaluate": dict(evaluate_args or {"subset": "test", "beam": beam}),
     }
     settings = json.loads(json.dumps(settings))  # as it reads back from the file
-    out = Path(out)
-    _claim(out, settings)
+    hint = "rerun with its settings to resume it, or give another --out"
+    steps.claim(out, SETTINGS, settings, "an evokd mckd folder", hint)
     run = Relabelling(out, settings, devices or Devices(), extra_args)
     return run.run(n, evaluate=evaluate)

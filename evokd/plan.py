@@ -32,9 +32,11 @@ from evokd.errors import EvokdError
 
 PRESET_DIR = Path(__file__).resolve().parent / "plans"
 STAGE_KEYS = {"name", "arch", "teacher", "init_from", "max_epoch", "max_update", "kd", "flags"}
-STAGE_KEYS |= {"description", "data", "seqkd"}
+STAGE_KEYS |= {"description", "data", "seqkd", "init_from_state"}
+INIT_STATES = ("weights", "training")
 SEQKD_KEYS = {"teacher", "beam", "lenpen", "max-len-a", "max-len-b", "keep-references"}
 PLAN_KEYS = {"name", "description", "data", "prepare", "train", "kd", "evaluate", "stages"}
+PLAN_KEYS |= {"seeds", "shared", "compare"}
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -51,6 +53,9 @@ class Stage:
     description: str = ""
     data: Optional[str] = None  # train on this binarized folder instead of the plan's
     seqkd: Optional[dict] = None  # train on data translated by a teacher (Kim and Rush)
+    # with init_from: "weights" (the paper: fresh optimizer, the warm-up again) or
+    # "training" (the weights with the optimizer and the LR schedule's position)
+    init_from_state: str = "weights"
 
     def references(self):
         """(what, stage-or-checkpoint) of every model this stage needs."""
@@ -74,6 +79,9 @@ class Plan:
     train: dict = field(default_factory=dict)
     kd: dict = field(default_factory=dict)
     evaluate: dict = field(default_factory=dict)
+    seeds: list = field(default_factory=list)  # one run per seed (evokd chain --seeds)
+    shared: list = field(default_factory=list)  # stages trained once for all seeds
+    compare: list = field(default_factory=list)  # [stage, baseline] pairs for significance
 
     def stage(self, name):
         for stage in self.stages:
@@ -128,6 +136,15 @@ def load_plan(name_or_path):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise EvokdError(f"{where}: '{key}' must be a mapping")
     stages = [_stage(where, i, s) for i, s in enumerate(raw["stages"])]
+    seeds = raw.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
+        raise EvokdError(f"{where}: 'seeds' must be a list of whole numbers")
+    for key in ("shared", "compare"):
+        if raw.get(key) is not None and not isinstance(raw[key], list):
+            raise EvokdError(f"{where}: '{key}' must be a list")
+    for pair in raw.get("compare") or []:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise EvokdError(f"{where}: compare: expected [stage, baseline] pairs, got {pair!r}")
     return Plan(
         name=str(raw.get("name") or path.stem),
         description=str(raw.get("description") or ""),
@@ -138,6 +155,9 @@ def load_plan(name_or_path):
         evaluate=dict(raw.get("evaluate") or {}),
         stages=stages,
         path=str(path),
+        seeds=seeds,
+        shared=[str(x) for x in raw.get("shared") or []],
+        compare=[[str(a), str(b)] for a, b in raw.get("compare") or []],
     )
 
 
@@ -173,8 +193,14 @@ def _stage(where, index, raw):
             )
         if raw.get("data"):
             raise EvokdError(f"{here}: give 'data' or 'seqkd', not both")
+    state = raw.get("init_from_state", "weights")
+    if state not in INIT_STATES:
+        raise EvokdError(f"{here}: init_from_state {state!r}: expected one of {INIT_STATES}")
+    if state != "weights" and not raw.get("init_from"):
+        raise EvokdError(f"{here}: init_from_state needs an init_from")
     return Stage(
         name=name,
+        init_from_state=state,
         arch=str(raw["arch"]),
         teacher=_optional_str(raw.get("teacher")),
         init_from=_optional_str(raw.get("init_from")),
@@ -250,6 +276,15 @@ def validate(plan, data_required=True):
             )
         if stage.name in (ref for _, ref in stage.references()):
             raise EvokdError(f"plan {plan.name}: stage {stage.name} refers to itself")
+    for name in plan.shared + [x for pair in plan.compare for x in pair]:
+        if name not in names:
+            raise EvokdError(f"plan {plan.name}: 'shared'/'compare' name no stage {name!r}")
+    for name in plan.shared:
+        deps = [d for d in plan.stage(name).dependencies(names) if d not in plan.shared]
+        if deps:
+            raise EvokdError(
+                f"plan {plan.name}: shared stage {name} depends on {deps[0]}, which is not shared"
+            )
     ordered(plan)
     if data_required and not plan.prepare and not any(Path(plan.data).glob("dict.*.txt")):
         raise EvokdError(

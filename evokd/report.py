@@ -5,7 +5,13 @@ One row per stage, a dict with at least ``stage``, ``architecture``, ``parameter
 (tokenized), ``sacrebleu``, ``chrf``, ``updates``, ``wall_seconds`` and the metric
 signatures ``bleu_signature``, ``sacrebleu_signature``, ``chrf_signature`` (the keys of
 :func:`evokd.evaluate.evaluate`'s result). A missing value (a stage not yet evaluated) is
-None or absent and shows as "-".
+None or absent and shows as "-". A stage trained on a teacher's translations
+(sequence-level KD) may name that teacher in ``seqkd_teacher``.
+
+``results.md`` can also hold the paired significance tests (:func:`significance_table`,
+rows of :func:`evokd.significance.compare_stages`), the mean and deviation over seeds
+(:func:`seeds_table`, rows of :func:`evokd.seeds.aggregate`) and the learning curves
+(``curves.png``, see :mod:`evokd.curves`).
 """
 
 import json
@@ -17,6 +23,7 @@ from pathlib import Path
 from .data.textio import write_lines
 
 MISSING = "-"
+CURVES = "curves.png"  # the learning curves, next to results.md
 METRICS = (("bleu", "tokenized BLEU"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF"))
 COLUMNS = (
     ("stage", "stage", "---"),
@@ -38,6 +45,17 @@ def _duration(seconds):
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _teacher(row):
+    """The teacher column: the word-level teacher, and the one whose translations the
+    stage learned from, marked "(seq)"."""
+    word, seq = row.get("teacher"), row.get("seqkd_teacher")
+    if not seq:
+        return word
+    if not word:
+        return f"{seq} (seq)"
+    return f"{word} (word+seq)" if word == seq else f"{word}, {seq} (seq)"
 
 
 def _cell(key, value):
@@ -68,7 +86,79 @@ def markdown_table(rows):
         "|" + "|".join(align for _, _, align in COLUMNS) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(key, row.get(key)) for key, _, _ in COLUMNS) + " |")
+        values = {**row, "teacher": _teacher(row)}
+        lines.append("| " + " | ".join(_cell(key, values.get(key)) for key, _, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _number(value, digits=2):
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _p_value(p):
+    if p is None:
+        return MISSING
+    return f"{p:.4f}" if p >= 0.0001 else f"{p:.1e}"
+
+
+SIGNIFICANCE_NAMES = dict(METRICS)
+
+
+def significance_table(rows):
+    """The paired bootstrap tests as a Markdown table, one line per pair and metric.
+
+    ``rows``: :func:`evokd.significance.compare_stages` results. The interval is
+    sacrebleu's 95% interval of the system's score (its bootstrap mean ± half-width).
+    """
+    lines = [
+        "| system | against | metric | baseline | system | difference | 95% interval "
+        "(system) | p-value |",
+        "|---|---|---|--:|--:|--:|--:|--:|",
+    ]
+    for row in rows:
+        low, high = row.get("system_interval") or (None, None)
+        interval = MISSING if low is None else f"[{low:.2f}, {high:.2f}]"
+        difference = row.get("difference")
+        cells = [
+            _cell("stage", row.get("system_stage")),
+            _cell("stage", row.get("baseline_stage")),
+            SIGNIFICANCE_NAMES.get(row.get("key"), row.get("metric") or MISSING),
+            _number(row.get("baseline")),
+            _number(row.get("system")),
+            MISSING if difference is None else f"{difference:+.2f}",
+            interval,
+            _p_value(row.get("p_value")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_std(row, key):
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None:
+        return MISSING
+    cell = f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+    n = row.get(f"{key}_n")
+    if n is not None and n != row.get("n_seeds"):
+        cell += f" (n={n})"
+    return cell
+
+
+def seeds_table(rows, fields=("bleu", "sacrebleu", "chrf")):
+    """Mean ± sample standard deviation over seeds, per stage, as a Markdown table.
+
+    ``rows``: :func:`evokd.seeds.aggregate` results; a score that some seeds lack shows
+    how many seeds it averages, as "(n=2)".
+    """
+    titles = dict(METRICS)
+    lines = [
+        "| stage | seeds | " + " | ".join(titles.get(f, f) for f in fields) + " |",
+        "|---|--:|" + "--:|" * len(fields),
+    ]
+    for row in rows:
+        cells = [_cell("stage", row.get("stage")), _cell("seeds", row.get("n_seeds"))]
+        cells += [_mean_std(row, field) for field in fields]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -81,8 +171,11 @@ def signatures(rows):
     return found
 
 
-def markdown_report(rows, title=None, command=None):
-    """``results.md``: title, table, metric signatures and the command line."""
+def markdown_report(rows, title=None, command=None, significance=None, seed_rows=None, curves=None):
+    """``results.md``: title, table, metric signatures and the command line; then, when
+    given, the mean and deviation over seeds (``seed_rows``), the paired significance
+    tests (``significance``) and the learning curves (``curves``: the image's path,
+    relative to ``results.md``)."""
     lines = [f"# {title or 'evokd results'}", "", markdown_table(rows), ""]
     lines.append("Tokenized BLEU is the paper's metric (lowercased, Moses-tokenized, like")
     lines.append("multi-bleu.perl); sacreBLEU and chrF score the detokenized output against")
@@ -92,6 +185,23 @@ def markdown_report(rows, title=None, command=None):
     for key, name in METRICS:
         for value in found[key] or [None]:
             lines.append(f"- {name}: " + (f"`{value}`" if value else "not computed"))
+    if seed_rows:
+        seeds = sorted({seed for row in seed_rows for seed in row.get("seeds", ())}, key=str)
+        lines += ["", f"## Over seeds ({', '.join(map(str, seeds))})", ""]
+        lines += [seeds_table(seed_rows), ""]
+        lines.append("Mean ± sample standard deviation (n - 1) of each stage's scores.")
+    if significance:
+        first = significance[0]
+        lines += ["", "## Paired significance", "", significance_table(significance), ""]
+        lines.append(
+            f"sacrebleu's paired bootstrap resampling ({first.get('n_samples')} resamples, "
+            f"seed {first.get('seed')}) on the same test sentences; the difference is system "
+            "minus baseline, the interval sacrebleu's 95% interval of the system's score, "
+            "and the p-value sacrebleu's: a small one means the difference is unlikely to "
+            "be chance."
+        )
+    if curves:
+        lines += ["", "## Learning curves", "", f"![validation curves]({curves})"]
     if command:
         lines += ["", f"Command: `{_command_line(command)}`"]
     return "\n".join(lines)
@@ -104,15 +214,17 @@ def _command_line(command):
 def _roles(rows):
     """``teacher`` for stages that teach another stage, else ``student`` when distilled
     from a teacher, else ``baseline`` (trained alone); a row's own ``role`` wins."""
-    teachers = {row.get("teacher") for row in rows}
+    teachers = {row.get(key) for row in rows for key in ("teacher", "seqkd_teacher")}
     roles = {}
     for row in rows:
         if row.get("role"):
             roles[row["stage"]] = row["role"]
         elif row["stage"] in teachers:
             roles[row["stage"]] = "teacher"
+        elif row.get("teacher") or row.get("seqkd_teacher"):
+            roles[row["stage"]] = "student"
         else:
-            roles[row["stage"]] = "student" if row.get("teacher") else "baseline"
+            roles[row["stage"]] = "baseline"
     return roles
 
 
@@ -152,7 +264,11 @@ def plot(rows, path, title=None):
         if stages:
             xs, ys = zip(*(points[s] for s in stages))
             ax.scatter(xs, ys, marker=marker, color=colour, s=60, label=label, zorder=3)
-    edges = (("teacher", "-", "distilled from"), ("init_from", "--", "initialised from"))
+    edges = (
+        ("teacher", "-", "distilled from"),
+        ("seqkd_teacher", ":", "trained on the translations of"),
+        ("init_from", "--", "initialised from"),
+    )
     for key, linestyle, label in edges:
         pairs = [(row[key], row["stage"]) for row in rows if row.get(key) in points]
         for source, stage in pairs:
@@ -185,11 +301,15 @@ def plot(rows, path, title=None):
     return path
 
 
-def write_report(results_dir, rows, title=None, command=None):
+def write_report(results_dir, rows, title=None, command=None, significance=None, seed_rows=None):
     """Write ``results.json``, ``results.md`` and ``results.png`` into ``results_dir``.
 
     ``command``: the command line that produced the results (a string or an argv list),
-    recorded in the JSON and the Markdown. Returns the three paths by kind.
+    recorded in the JSON and the Markdown. ``significance`` (rows of
+    :func:`evokd.significance.compare_stages`) and ``seed_rows`` (of
+    :func:`evokd.seeds.aggregate`), when given, go into both too, and ``curves.png`` of
+    ``results_dir`` (written by :func:`evokd.curves.write_curves`), when there, into the
+    Markdown. Returns the three paths by kind.
     """
     _check_rows(rows)
     results_dir = Path(results_dir)
@@ -205,7 +325,13 @@ def write_report(results_dir, rows, title=None, command=None):
         "rows": rows,
         "signatures": signatures(rows),
     }
+    if significance:
+        record["significance"] = significance
+    if seed_rows:
+        record["seeds"] = seed_rows
+    curves = CURVES if (results_dir / CURVES).is_file() else None
     write_lines(paths["json"], [json.dumps(record, indent=2, ensure_ascii=False, default=str)])
-    write_lines(paths["markdown"], [markdown_report(rows, title, command)])
+    markdown = markdown_report(rows, title, command, significance, seed_rows, curves)
+    write_lines(paths["markdown"], [markdown])
     plot(rows, paths["plot"], title)
     return paths

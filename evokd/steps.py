@@ -149,3 +149,18 @@ def check_files_and_settings(where, recorded, wanted, hint):
     diffs += differences(*rest)
     if diffs:
         raise EvokdError(f"{where}: made with other settings ({'; '.join(diffs)}); {hint}")
+
+
+def claim(out, record, settings, kind, hint):
+    """Make ``out`` a folder of ``kind`` made with ``settings`` (recorded in ``out/record``),
+    or check that an existing one was; a folder holding anything else is refused."""
+    out, path = Path(out), Path(out) / record
+    if path.is_file():
+        check_settings(f"--out {out}", read_json(path), settings, hint)
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EvokdError(
+            f"--out {out}: exists and is not {kind} (no {record}); give a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)

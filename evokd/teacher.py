@@ -7,7 +7,6 @@ nor switched back to train mode by the trainer.
 """
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -53,51 +52,12 @@ class TeacherOutput:
         return -self.lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
 
-def _dictionary_path(data, lang):
-    from fairseq import utils
-
-    return os.path.join(utils.split_paths(data)[0], f"dict.{lang}.txt")
-
-
-def _embedding_rows(state_dict, side):
-    weight = state_dict.get(f"{side}.embed_tokens.weight")
-    return None if weight is None else weight.size(0)
-
-
 def check_dictionaries(state, path, task, flag="--teacher-path"):
-    """Fail, naming both sizes, when a checkpoint was trained on other dictionaries."""
-    sides = (
-        ("encoder", "source", task.source_dictionary, task.cfg.source_lang),
-        ("decoder", "target", task.target_dictionary, task.cfg.target_lang),
-    )
-    for side, name, dictionary, lang in sides:
-        rows = _embedding_rows(state["model"], side)
-        ours = _dictionary_path(task.cfg.data, lang)
-        if rows is not None and rows != len(dictionary):
-            raise CheckpointError(
-                f"{flag} {path}: the checkpoint's {name} dictionary has {rows} entries but "
-                f"the data's ({ours}) has {len(dictionary)}; the teacher must be trained on "
-                "the same binarized data (the same dict.*.txt)"
-            )
-        # Same size is not the same dictionary: compare the teacher's own files if present.
-        task_cfg = state["cfg"].get("task") if hasattr(state["cfg"], "get") else None
-        theirs_data = getattr(task_cfg, "data", None) if task_cfg is not None else None
-        if theirs_data:
-            theirs = _dictionary_path(theirs_data, lang)
-            if os.path.isfile(theirs) and os.path.isfile(ours):
-                if os.path.realpath(theirs) != os.path.realpath(ours) and (
-                    _symbols(theirs) != _symbols(ours)
-                ):
-                    raise CheckpointError(
-                        f"{flag} {path}: the checkpoint was trained with {theirs}, which "
-                        f"differs from the data's {ours} (both have {len(dictionary)} "
-                        "entries); the teacher must use the same dictionary"
-                    )
+    """Fail, naming both sizes or both files, when a checkpoint was trained on other
+    dictionaries than ``task``'s (see :func:`evokd.data.folder.check_dictionaries`)."""
+    from evokd.data.folder import check_dictionaries as check
 
-
-def _symbols(dict_path):
-    with open(dict_path, encoding="utf-8") as f:
-        return [line.split(" ", 1)[0] for line in f]
+    check(state, path, task.cfg.data, task.cfg.source_lang, task.cfg.target_lang, flag)
 
 
 def build_from_checkpoint(path, task, flag="--teacher-path"):
@@ -127,10 +87,10 @@ class LiveTeacher:
     """A frozen teacher model that runs forward on every training batch."""
 
     def __init__(self, path, task):
+        from evokd.inference import load_frozen_model
+
         self.path = path
-        self.model = build_from_checkpoint(path, task)
-        self.model.eval()
-        self.model.requires_grad_(False)
+        self.model = load_frozen_model(path, task)
         n = sum(p.numel() for p in self.model.parameters())
         logger.info(f"teacher {path}: {type(self.model).__name__}, {n:,} parameters, frozen")
 

@@ -47,10 +47,12 @@ def data_fingerprint(data, subset, src, tgt):
     """sha256 over the dictionaries and the binarized subset (both sides)."""
     from fairseq import utils
 
+    from evokd.data.folder import language_pair, subset_files
+
     root = Path(utils.split_paths(data)[0])
     digest = hashlib.sha256()
     names = [f"dict.{src}.txt", f"dict.{tgt}.txt"]
-    names += [f"{subset}.{src}-{tgt}.{lang}.{ext}" for lang in (src, tgt) for ext in ("idx", "bin")]
+    names += subset_files(subset, language_pair(root, subset, src, tgt), (src, tgt), ("idx", "bin"))
     for name in names:
         path = root / name
         if not path.is_file():
@@ -246,13 +248,11 @@ def _remove_build_files(out):
 
 def _setup(data, subset, teacher_path):
     """A plain translation task on ``data`` with ``subset`` loaded, and the frozen teacher."""
-    from evokd.checkpoint import load_checkpoint
+    from evokd.inference import checkpoint_languages
     from evokd.runtime import translation_task
     from evokd.teacher import LiveTeacher
 
-    task_cfg = load_checkpoint(teacher_path, "--teacher")["cfg"]["task"]
-    src = getattr(task_cfg, "source_lang", None)
-    tgt = getattr(task_cfg, "target_lang", None)
+    src, tgt = checkpoint_languages(teacher_path, "--teacher")
     task = translation_task(data, [subset], src, tgt)
     return task, LiveTeacher(teacher_path, task)
 

@@ -95,7 +95,13 @@ def test_micro_plan_end_to_end(finished):
     assert rows["master_student"]["teacher"] == "senior_teacher"
     table = (root / "results" / "micro" / "results.md").read_text()
     assert "master_student" in table and "senior_teacher" in table
-    assert "| stage" in out or "stage" in out  # the table is printed at the end
+    # the table is printed at the end: the file's rows, in the order of the plan
+    printed = [line for line in out.splitlines() if line.startswith("| ")]
+    for name in rows:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert row in printed, (row, printed)
+    stages = [line.split(" | ")[0][2:] for line in printed]
+    assert [name for name in stages if name in rows] == list(rows)
     # every stage in its own folder, each recording what it is
     for name in rows:
         record = json.loads(
@@ -219,6 +225,22 @@ def test_recipe_needs_its_teacher_first(finished, tmp_path):
     assert not (
         tmp_path / "checkpoints" / "fresh" / "master_student" / "checkpoint_last.pt"
     ).exists()
+
+
+def test_recipe_reads_relative_flags_from_the_callers_folder(finished, tmp_path):
+    root, plan, _ = finished
+    here = tmp_path / "here"
+    here.mkdir()
+    utils.run(["cp", "-r", str(root / "data-bin" / "micro.de-en"), str(here / "mine")])
+    (here / "my-plan.yaml").write_text(plan.read_text())
+    _, out = utils.run(
+        ["bash", str(REPO / "bin" / "junior_student.sh"), str(root), "29500", "0"]
+        + ["--preset", "my-plan.yaml", "--data", "mine", "--save-dir", "js", "--dry-run"],
+        cwd=here,
+    )
+    command = out.strip().splitlines()[-1].split()
+    assert command[command.index("--user-dir") - 1] == str(here / "mine")
+    assert command[command.index("--save-dir") + 1] == str(here / "js")
 
 
 def test_stage_folder_of_another_stage_is_refused(finished):

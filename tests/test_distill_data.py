@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from evokd import cli
+from evokd import cli, steps
 from evokd import distill_data as dd
 from evokd.errors import EvokdError
 from tests import utils
@@ -97,7 +97,7 @@ def test_everything_but_the_targets_is_copied(distilled, prepared):
     info = json.loads((distilled / "distill.json").read_text())
     assert info["decoding"] == dict(beam=5, lenpen=1.0, max_len_a=0.8, max_len_b=4, max_tokens=600)
     assert info["examples"] == info["training_pairs"] == 200
-    assert info["teacher_sha256"] == dd.file_digest(info["teacher"])
+    assert info["teacher_sha256"] == steps.file_digest(info["teacher"])
     lengths = [len(s.split()) for s in _strings(distilled)]
     assert info["hypothesis_avg_length"] == pytest.approx(sum(lengths) / 200, abs=1e-3)
     references = [len(s.split()) for s in _strings(prepared)]

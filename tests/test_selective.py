@@ -92,3 +92,16 @@ def test_selection_flags_are_checked(kd_setup):
         _crit(task, kd_selection="batch", kd_rate=0.0)
     with pytest.raises(EvokdError, match="--kd-queue-size"):
         _crit(task, kd_selection="global", kd_queue_size=0)
+
+
+def test_selected_fraction_is_in_the_training_log(data_bin, teacher_ckpt, tmp_path):
+    extra = ["--task", "evokd_translation", "--teacher-path", str(teacher_ckpt)]
+    extra += ["--criterion", "word_kd", "--kd-selection", "batch", "--kd-rate", "0.3"]
+    records, _ = utils.train(data_bin, tmp_path, "transformer_evokd_tiny_student", extra=extra)
+    inner = [r["kd_selected"] for r in records if r["_tag"] == "train_inner"]
+    epoch = [r["train_kd_selected"] for r in records if r["_tag"] == "train"]
+    assert inner and epoch
+    # ceil(0.3 n) of the n target tokens of every batch (n is over a thousand here)
+    assert all(0.3 <= float(value) <= 0.302 for value in inner + epoch), (inner, epoch)
+    valid = [r for r in records if r["_tag"] == "valid"]
+    assert valid and all("valid_kd_selected" not in r for r in valid)

@@ -101,3 +101,37 @@ def add_device_arguments(parser):
         "(default: 1)",
     )
     parser.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
+
+
+def add_decoding_arguments(parser, title="decoding (fairseq-generate flags)", batch_size=False):
+    """--beam, --lenpen, --max-len-a, --max-len-b and --max-tokens (with ``batch_size``, or
+    --batch-size instead), with the defaults of :data:`evokd.inference.DECODING`."""
+    from evokd.inference import DECODING
+
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        "--beam", type=int, default=DECODING["beam"], metavar="N",
+        help="beam size (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--lenpen", type=float, default=DECODING["lenpen"], metavar="X",
+        help="length penalty: < 1.0 favours shorter, > 1.0 longer output (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--max-len-a", type=float, default=DECODING["max_len_a"], metavar="A",
+        help="hypotheses have at most A x source length + B tokens, the source length being "
+        "the longest of its batch, with EOS (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--max-len-b", type=int, default=DECODING["max_len_b"], metavar="B",
+        help="see --max-len-a (default: %(default)s)",
+    )  # fmt: skip
+    batching = group.add_mutually_exclusive_group() if batch_size else group
+    batching.add_argument(
+        "--max-tokens", type=int, default=None if batch_size else DECODING["max_tokens"],
+        metavar="N", help=f"tokens per batch, source or target, whichever is longer (default: "
+        f"{DECODING['max_tokens']}{' unless --batch-size is given' if batch_size else ''})",
+    )  # fmt: skip
+    if batch_size:
+        batching.add_argument("--batch-size", type=int, metavar="N", help="sentences per batch")
+    return group

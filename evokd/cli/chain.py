@@ -17,6 +17,9 @@ examples:
   evokd chain --plan tiny -- --fp16        # after --: fairseq-train flags for every stage
 """
 
+import sys
+from pathlib import Path
+
 
 def add_arguments(parser):
     parser.add_argument(
@@ -63,24 +66,51 @@ def add_arguments(parser):
         help="evaluate the finished stages and write the report; train nothing",
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="run the plan once per seed into RUN/seedS/ (default: the plan's 'seeds', else "
+        "one run with its train seed); the plan's 'shared' stages train once for all seeds",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream fairseq's output (it always goes to each stage's train.log)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="check the plan and print the commands; train nothing",
     )
 
 
-def build_chain(args, plan):
+def _progress(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def build_chain(args, plan, seed=None):
     from evokd.chain import Chain, Devices
 
     extra = list(getattr(args, "passthrough", []))
     devices = Devices(gpus=args.gpus, master_port=args.master_port)
+    run_name = args.run or plan.name
+    stage_dirs = {}
+    if seed is not None:
+        shared = Path(args.checkpoints) / run_name / "shared"
+        stage_dirs = {name: shared / name for name in plan.shared}
+        run_name = f"{run_name}/seed{seed}"
     return Chain(
         plan,
-        run_name=args.run,
+        run_name=run_name,
         checkpoints=args.checkpoints,
         results=args.results,
         devices=devices,
         extra_args=extra,
+        stage_dirs=stage_dirs,
+        seed=seed,
+        verbose=getattr(args, "verbose", False),
+        progress=_progress,
     )
 
 
@@ -106,18 +136,31 @@ def print_commands(chain, stages):
 
 
 def run(args):
+    from evokd.chain import markdown_table, report_seeds
     from evokd.plan import validate
 
     plan = load(args)
-    chain = build_chain(args, plan)
+    seeds = args.seeds or plan.seeds or [None]
+    chains = [build_chain(args, plan, seed) for seed in seeds]
     if args.dry_run:
-        validate(plan, data_required=False)
-        chain.check(plan.stages)
-        print_commands(chain, args.stage)
+        for chain in chains:
+            chain.check(plan.stages, data_required=False)
+            print_commands(chain, args.stage)
         return 0
-    if args.evaluate_only:
-        validate(plan)
-        chain.report()
-        return 0
-    chain.run(only=args.stage, evaluate=not args.no_evaluate)
+    for chain in chains:  # every seed's commands parse before the first stage trains
+        chain.check(plan.stages, data_required=False)
+    rows = {}
+    for chain in chains:
+        if args.evaluate_only:
+            validate(plan)
+            rows[chain.seed] = chain.report()
+        else:
+            rows[chain.seed] = chain.run(only=args.stage, evaluate=not args.no_evaluate)
+        if rows[chain.seed]:
+            print(markdown_table(rows[chain.seed]))
+            print(f"\nresults: {chain.results}/results.md, results.json, results.png")
+    if len(chains) > 1 and all(rows.values()):
+        results = Path(args.results) / (args.run or plan.name)
+        print(report_seeds(plan, rows, results))
+        print(f"\nover {len(chains)} seeds: {results}/results.md")
     return 0

@@ -24,7 +24,7 @@ example:
       --data data-bin/iwslt14.tokenized.de-en --out data-bin/iwslt14.distilled.de-en
 """
 
-from evokd.cli import add_device_arguments
+from evokd.cli import add_decoding_arguments, add_device_arguments
 
 
 def add_arguments(parser):
@@ -40,32 +40,7 @@ def add_arguments(parser):
         help="keep the real pairs and add the distilled ones after them in SUBSET (training "
         "then sees both: twice the pairs)",
     )
-    group = parser.add_argument_group("decoding (fairseq-generate flags)")
-    group.add_argument("--beam", type=int, default=5, metavar="N", help="beam size (default: 5)")
-    group.add_argument(
-        "--lenpen",
-        type=float,
-        default=1.0,
-        metavar="X",
-        help="length penalty: < 1.0 favours shorter, > 1.0 longer output (default: 1.0)",
-    )
-    group.add_argument(
-        "--max-len-a",
-        type=float,
-        default=1.2,
-        metavar="A",
-        help="hypotheses end at A * source length + B tokens; the source length is the "
-        "longest of its batch, with EOS (default: 1.2)",
-    )
-    group.add_argument(
-        "--max-len-b", type=int, default=10, metavar="B", help="see --max-len-a (default: 10)"
-    )
-    group.add_argument(
-        "--max-tokens",
-        type=int,
-        default=8000,
-        help="tokens per batch, source or reference, whichever is longer (default: 8000)",
-    )
+    add_decoding_arguments(parser)
     add_device_arguments(parser)
 
 

@@ -25,6 +25,8 @@ examples:
   evokd evaluate ckpt.pt --data data-bin/multi30k.de-en --src-file tatoeba.de --ref-file tatoeba.en
 """
 
+from evokd.cli import add_decoding_arguments
+
 
 def add_arguments(parser):
     parser.add_argument(
@@ -45,35 +47,7 @@ def add_arguments(parser):
         metavar="SPLIT",
         help="binarized split to translate: test, valid, ... (default: test)",
     )
-    group = parser.add_argument_group("decoding (fairseq-generate flags)")
-    group.add_argument(
-        "--beam", type=int, default=5, metavar="N", help="beam size (default: %(default)s)"
-    )
-    group.add_argument(
-        "--lenpen",
-        type=float,
-        default=1.0,
-        metavar="X",
-        help="length penalty: < 1.0 favours shorter, > 1.0 longer output (default: %(default)s)",
-    )
-    batching = group.add_mutually_exclusive_group()
-    batching.add_argument(
-        "--max-tokens",
-        type=int,
-        metavar="N",
-        help="source tokens per batch (default: 8000 unless --batch-size is given)",
-    )
-    batching.add_argument("--batch-size", type=int, metavar="N", help="sentences per batch")
-    group.add_argument(
-        "--max-len-a",
-        type=float,
-        default=0.0,
-        metavar="A",
-        help="hypotheses have at most A x source length + B tokens (default: %(default)s)",
-    )
-    group.add_argument(
-        "--max-len-b", type=int, default=200, metavar="B", help="see --max-len-a (default: 200)"
-    )
+    group = add_decoding_arguments(parser, batch_size=True)
     group.add_argument(
         "--cpu", action="store_true", help="decode on the CPU even when CUDA is available"
     )

@@ -29,6 +29,8 @@ examples:
       --stages 2 --gpus 4 -- --fp16            # after --: fairseq-train flags of every student
 """
 
+from evokd.cli import add_decoding_arguments
+
 
 def add_arguments(parser):
     parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
@@ -74,23 +76,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--no-evaluate", action="store_true", help="do not score the final student on test"
     )
-    group = parser.add_argument_group("decoding of the teacher's and the students' labels")
-    group.add_argument(
-        "--beam", type=int, default=5, metavar="N", help="beam size, also for the final scoring "
-        "(default: 5)"
-    )  # fmt: skip
-    group.add_argument(
-        "--max-len-a",
-        type=float,
-        default=1.2,
-        metavar="A",
-        help="labels end at A * source length + B tokens (default: 1.2)",
-    )
-    group.add_argument(
-        "--max-len-b", type=int, default=10, metavar="B", help="see --max-len-a (default: 10)"
-    )
-    group.add_argument(
-        "--max-tokens", type=int, default=8000, help="tokens per batch (default: 8000)"
+    add_decoding_arguments(
+        parser, "decoding of the labels, and (--beam) of the final student's test translation"
     )
 
 
@@ -104,7 +91,8 @@ def default_epochs(plan):
 
 def run(args):
     from evokd.chain import Devices
-    from evokd.mckd import markdown, run_mckd
+    from evokd.mckd import run_mckd
+    from evokd.mckd_report import markdown
     from evokd.plan import load_plan
 
     plan = load_plan(args.plan)
@@ -119,6 +107,7 @@ def run(args):
         train_flags=plan.train,
         devices=Devices(gpus=args.gpus, master_port=args.master_port),
         beam=args.beam,
+        lenpen=args.lenpen,
         extra_args=args.passthrough,
         max_len_a=args.max_len_a,
         max_len_b=args.max_len_b,

@@ -26,6 +26,7 @@ steps (STEP runs one; without STEP every enabled step runs, finished ones skippe
 DATA's training text: DATA must then be a folder made by `evokd prepare`.
 """
 
+from evokd.cli import add_decoding_arguments
 from evokd.patch import FILES, STEPS
 
 __doc__ += (
@@ -101,22 +102,7 @@ def add_arguments(parser):
         help="epochs of fine-tuning on the patch data (default: 3)",
     )  # fmt: skip
     group.add_argument("--no-evaluate", action="store_true", help="train only; do not evaluate")
-    group = parser.add_argument_group("decoding (every translation; fairseq-generate flags)")
-    group.add_argument("--beam", type=int, default=5, metavar="N", help="beam size (default: 5)")
-    group.add_argument(
-        "--lenpen", type=float, default=1.0, metavar="X", help="length penalty (default: 1.0)"
-    )
-    group.add_argument(
-        "--max-len-a", type=float, default=1.2, metavar="A",
-        help="hypotheses end at A x source length + B tokens (default: 1.2)",
-    )  # fmt: skip
-    group.add_argument(
-        "--max-len-b", type=int, default=10, metavar="B", help="see --max-len-a (default: 10)"
-    )
-    group.add_argument(
-        "--max-tokens", type=int, default=8000, metavar="N",
-        help="source tokens per batch (default: 8000)",
-    )  # fmt: skip
+    group = add_decoding_arguments(parser, "decoding (every translation; fairseq-generate flags)")
     group.add_argument(
         "--chunk-size", type=int, default=512, metavar="N",
         help="sentences translated between two writes to a JSONL file (default: 512)",

@@ -2,10 +2,12 @@
 
 Positional form of the original scripts: STAGE ROOT MASTER_PORT GPU_NUM (eval_model:
 GPU_IDX ROOT). ROOT is the repository root: data-bin/, checkpoints/PRESET/STAGE/ and
-results/PRESET/ are under it. GPU_NUM 0, or no CUDA, trains on the CPU (gloo when more
-than one process); GPU_NUM > 1 starts torchrun with NCCL and divides max-tokens among the
-processes so the effective batch stays that of the paper's single-GPU scripts. Several
-machines: set NNODES, NODE_RANK and MASTER_ADDR.
+results/PRESET/ are under it, and the plan's own paths are read from it; the paths given as
+flags (--data, --preset FILE, --save-dir, --checkpoint) are read from the current folder.
+GPU_NUM 0, or no CUDA, trains on the CPU (gloo when more than one process); GPU_NUM > 1
+starts torchrun with NCCL and divides max-tokens among the processes so the effective batch
+stays that of the paper's single-GPU scripts. Several machines: set NNODES, NODE_RANK and
+MASTER_ADDR.
 
 A stage trains with the plan's flags (defaults of the paper's scripts: alpha 0.5, T 1,
 lr 5e-4, inverse_sqrt with 4000 warm-up updates, dropout 0.3, max-tokens 4096, validation
@@ -96,10 +98,21 @@ def run(args):
     root = args.root or pos.get("root") or os.environ.get("EVOKD_ROOT") or "."
     if not os.path.isdir(root):
         raise EvokdError(f"ROOT {root}: no such folder (expected the evokd repository root)")
+    _paths_from_here(args)
     os.chdir(root)
     if args.stage == "eval_model":
         return _evaluate(args, pos)
     return _train(args, pos)
+
+
+def _paths_from_here(args):
+    """The paths typed on the command line, made absolute before changing to ROOT: they are
+    read from the caller's folder (the plan's own paths stay relative to ROOT)."""
+    for key in ("data", "save_dir", "checkpoint"):
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    if os.path.isfile(args.preset):  # a plan file rather than a preset name
+        args.preset = os.path.abspath(args.preset)
 
 
 def _chain(args, gpus, port):

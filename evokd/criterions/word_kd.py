@@ -250,8 +250,11 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
         ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
         kd_sum = sum(log.get("kd_loss", 0) for log in logging_outputs)
         tnll_sum = sum(log.get("teacher_nll_loss", 0) for log in logging_outputs)
+        selected = sum(log.get("kd_tokens", 0) for log in logging_outputs)
         metrics.log_scalar("kd_loss", kd_sum / sample_size / math.log(2), sample_size, round=3)
         metrics.log_scalar("teacher_nll_loss", tnll_sum / ntokens / math.log(2), ntokens, round=3)
+        # the fraction of target tokens that got the KD term (1 without --kd-selection)
+        metrics.log_scalar("kd_selected", selected / ntokens, ntokens, round=3)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

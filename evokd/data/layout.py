@@ -42,9 +42,10 @@ def read_metadata(data_bin):
 
 
 def binarized_files(data_bin, src, tgt):
+    from .folder import subset_files
+
     out = Path(data_bin)
     files = [out / f"dict.{lang}.txt" for lang in (src, tgt)] + [out / "preprocess.log"]
     for split in SPLITS:
-        for lang in (src, tgt):
-            files += [out / f"{split}.{src}-{tgt}.{lang}.{ext}" for ext in ("bin", "idx")]
+        files += [out / name for name in subset_files(split, f"{src}-{tgt}", (src, tgt))]
     return files

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from evokd.data import remove_bpe
+from evokd.steps import write_json
 
 from .feedback import is_word
 from .pool import Pool, open_pool
 from .retrieve import WordIndex, group_errors, retrieve, translate_retrieved
-from .workspace import read_jsonl, write_json
+from .workspace import read_jsonl
 
 CONTINUATION = "@@"
 

@@ -14,16 +14,16 @@ training pair in dataset order. Both are written atomically.
 """
 
 import math
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from evokd import steps
 from evokd.data import remove_bpe
+from evokd.data.folder import dictionary_path, language_pair, write_subset
 from evokd.errors import EvokdError
 
-from .pool import subset_prefix
 from .workspace import read_jsonl, write_jsonl
 
 ORIGINS = ("selected", "synthesis", "analogy")
@@ -60,20 +60,14 @@ def write_patch_data(data, dest, pairs, replay, src, tgt):
     """Write the folder ``dest`` (see the module doc); returns the rows of ``patch.jsonl``."""
     from fairseq.data import Dictionary, data_utils
 
-    from evokd.distill_data import write_dataset
-
-    data, dest = Path(data), Path(dest)
-    prefix = subset_prefix(data, "train", src, tgt)
-    name = prefix.name[: -len(src)]  # "train.de-en."
-    partial = Path(f"{dest}.partial")
+    data = Path(data)
+    pair = language_pair(data, "train", src, tgt)
+    partial = steps.partial_path(dest)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for path in sorted(data.iterdir()):
-        if path.is_file() and not path.name.startswith(name):
-            shutil.copyfile(path, partial / path.name)
-    dicts = {lang: Dictionary.load(str(data / f"dict.{lang}.txt")) for lang in (src, tgt)}
+    dicts = {lang: Dictionary.load(str(dictionary_path(data, lang))) for lang in (src, tgt)}
     train = {
-        lang: data_utils.load_indexed_dataset(str(data / f"{name}{lang}"), dicts[lang])
+        lang: data_utils.load_indexed_dataset(str(data / f"train.{pair}.{lang}"), dicts[lang])
         for lang in (src, tgt)
     }
     rows, items = list(pairs), {src: [], tgt: []}
@@ -85,8 +79,7 @@ def write_patch_data(data, dest, pairs, replay, src, tgt):
             items[lang].append(train[lang][i])
         bpe = [dicts[lang].string(train[lang][i]) for lang in (src, tgt)]
         rows.append(("replay", i, *bpe))
-    for lang in (src, tgt):
-        write_dataset(partial / f"{name}{lang}", items[lang], len(dicts[lang]))
+    write_subset(data, partial, "train", pair, items)
     return partial, [
         {
             "id": n,
@@ -120,7 +113,7 @@ def run_build(ws, cfg, inputs, src, tgt):
     write_jsonl(ws.patch, rows)
     if ws.data.exists():
         shutil.rmtree(ws.data)
-    os.replace(partial, ws.data)
+    steps.publish(partial, ws.data)
     counts = {origin: 0 for origin in (*ORIGINS, "replay")}
     for row in rows:
         counts[row["origin"]] += 1

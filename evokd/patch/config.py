@@ -4,6 +4,7 @@ import math
 from dataclasses import dataclass
 
 from evokd.errors import EvokdError
+from evokd.inference import DECODING
 
 from .select import check_selection
 
@@ -29,11 +30,11 @@ class PatchConfig:
     evaluate: bool = True
     train_args: tuple = ()  # extra fairseq-train flags
     # decoding (every translation)
-    beam: int = 5
-    lenpen: float = 1.0
-    max_len_a: float = 1.2
-    max_len_b: int = 10
-    max_tokens: int = 8000
+    beam: int = DECODING["beam"]
+    lenpen: float = DECODING["lenpen"]
+    max_len_a: float = DECODING["max_len_a"]
+    max_len_b: int = DECODING["max_len_b"]
+    max_tokens: int = DECODING["max_tokens"]
     chunk_size: int = 512  # sentences translated between two appends to a JSONL file
     cpu: bool = False
 

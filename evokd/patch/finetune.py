@@ -15,8 +15,7 @@ the summary ``DIR/results.json``.
 import logging
 
 from evokd.errors import EvokdError
-
-from .workspace import write_json
+from evokd.steps import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -25,27 +25,12 @@ def enabled_steps(cfg):
     return [s for s in STEPS if not off.get(s)]
 
 
-def check_model(state, path, flag, data, src, tgt):
-    """A checkpoint whose embedding tables fit DATA's dictionaries."""
-    from fairseq.data import Dictionary
-
-    for side, lang in (("encoder", src), ("decoder", tgt)):
-        weight = state["model"].get(f"{side}.embed_tokens.weight")
-        size = len(Dictionary.load(str(Path(data) / f"dict.{lang}.txt")))
-        if weight is not None and weight.shape[0] != size:
-            raise EvokdError(
-                f"{flag} {path}: its {side} embeddings have {weight.shape[0]} rows but "
-                f"{data}/dict.{lang}.txt has {size} entries; it was trained on other data"
-            )
-
-
 def check_inputs(inputs, cfg, steps):
     """Everything that can be wrong with the inputs, found before any work."""
     from evokd.checkpoint import check_exists, load_checkpoint
     from evokd.data import read_metadata
+    from evokd.data.folder import check_dictionaries, language_pair, languages
     from evokd.data.textio import check_file
-
-    from .pool import languages, subset_prefix
 
     check_exists(inputs["student"], "--student")
     check_exists(inputs["teacher"], "--teacher")
@@ -54,13 +39,10 @@ def check_inputs(inputs, cfg, steps):
         raise EvokdError(f"--data {data}: no such folder (expected fairseq binarized data)")
     states = {key: load_checkpoint(inputs[key], f"--{key}") for key in ("student", "teacher")}
     src, tgt = languages(states["teacher"], data)
-    for lang in (src, tgt):
-        if not (Path(data) / f"dict.{lang}.txt").is_file():
-            raise EvokdError(f"--data {data}: no dict.{lang}.txt (expected a fairseq data-bin)")
-    subset_prefix(data, "train", src, tgt)
-    subset_prefix(data, "train", tgt, src)
+    language_pair(data, "train", src, tgt)
+    language_pair(data, "train", tgt, src)
     for key, state in states.items():
-        check_model(state, inputs[key], f"--{key}", data, src, tgt)
+        check_dictionaries(state, inputs[key], data, src, tgt, f"--{key}")
     for key in ("pool", "mono"):
         if inputs[key] is not None:
             check_file(inputs[key], f"--{key}: raw {src} sentences, one a line, UTF-8")
@@ -77,15 +59,13 @@ def check_inputs(inputs, cfg, steps):
 
 def data_digest(ws, data, src, tgt):
     """sha256 over DATA's dictionaries and training pairs."""
-    from .pool import subset_prefix
+    from evokd.data.folder import language_pair, subset_files
 
-    files = [Path(data) / f"dict.{lang}.txt" for lang in (src, tgt)]
-    prefix = subset_prefix(data, "train", src, tgt)
-    name = prefix.name[: -len(src)]
-    files += [Path(data) / f"{name}{lang}.{ext}" for lang in (src, tgt) for ext in ("idx", "bin")]
+    names = [f"dict.{lang}.txt" for lang in (src, tgt)]
+    names += subset_files("train", language_pair(data, "train", src, tgt), (src, tgt))
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}:{ws.digest(path)}".encode())
+    for name in names:
+        digest.update(f"{name}:{ws.digest(Path(data) / name)}".encode())
     return digest.hexdigest()
 
 
@@ -123,6 +103,7 @@ def step_key(step, ws, cfg, inputs, src, tgt):
 
         settings = train_settings(cfg)
         files = {"patch": ws.digest(ws.patch), "student": ws.digest(inputs["student"])}
+    files = {f"{name}_sha256": digest for name, digest in files.items()}
     return json.loads(json.dumps({"settings": settings, "inputs": files}))
 
 

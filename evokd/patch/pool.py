@@ -10,39 +10,14 @@ file and its sha256). A sentence's id is its example number in the training data
 """
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
+from evokd import steps
+from evokd.data.folder import dictionary_path, subset_prefix, write_dataset
 from evokd.errors import EvokdError
 
-from .workspace import read_json, sha256, write_json
-
 logger = logging.getLogger(__name__)
-
-
-def languages(state, data):
-    """(source, target) language: the checkpoint state's task, else DATA's file names."""
-    from fairseq.data.data_utils import infer_language_pair
-
-    task = state["cfg"].get("task") or {}
-    src, tgt = getattr(task, "source_lang", None), getattr(task, "target_lang", None)
-    if src is None or tgt is None:
-        src, tgt = infer_language_pair(str(data))
-    if src is None or tgt is None:
-        raise EvokdError(f"--data {data}: no binarized SPLIT.SRC-TGT.LANG.idx files found")
-    return src, tgt
-
-
-def subset_prefix(folder, subset, src, tgt, flag="--data"):
-    """``folder/subset.PAIR.src`` of a binarized subset, PAIR being ``src-tgt`` or ``tgt-src``."""
-    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
-        prefix = Path(folder) / f"{subset}.{pair}.{src}"
-        if Path(f"{prefix}.idx").is_file():
-            return prefix
-    raise EvokdError(
-        f"{flag} {folder}: no {subset}.{src}-{tgt}.{src}.idx (expected fairseq binarized data)"
-    )
 
 
 class Pool:
@@ -87,13 +62,12 @@ def binarize_text(path, data, dest, subset, src, tgt, flag):
 
     from evokd.data import load_encoder
     from evokd.data.textio import check_file, one_line, read_lines
-    from evokd.distill_data import write_dataset
 
     check_file(path, f"{flag}: raw {src} sentences, one a line, UTF-8")
-    digest, dest = sha256(path), Path(dest)
+    digest, dest = steps.file_digest(path), Path(dest)
     record = dest / "source.json"
     if record.is_file():
-        made = read_json(record)
+        made = steps.read_json(record)
         if made["sha256"] == digest:
             return dest
         raise EvokdError(
@@ -105,16 +79,17 @@ def binarize_text(path, data, dest, subset, src, tgt, flag):
     except EvokdError as exc:
         raise EvokdError(f"{flag} needs the tokenizer and BPE of --data: {exc}") from exc
     lines = encoder.encode_lines(one_line(x) for x in read_lines(path))
-    partial = Path(f"{dest}.partial")
+    partial = steps.partial_path(dest)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     for lang in (src, tgt):
-        shutil.copyfile(Path(data) / f"dict.{lang}.txt", partial / f"dict.{lang}.txt")
+        shutil.copyfile(dictionary_path(data, lang), partial / f"dict.{lang}.txt")
     dictionary = Dictionary.load(str(partial / f"dict.{src}.txt"))
     items = (dictionary.encode_line(line, add_if_not_exist=False) for line in lines)
     write_dataset(partial / f"{subset}.{src}-{tgt}.{src}", items, len(dictionary))
-    write_json(partial / "source.json", {"file": str(path), "sha256": digest, "lines": len(lines)})
-    os.replace(partial, dest)
+    record = {"file": str(path), "sha256": digest, "lines": len(lines)}
+    steps.write_json(partial / "source.json", record)
+    steps.publish(partial, dest)
     logger.info("%s: %d sentences encoded like %s -> %s", path, len(lines), data, dest)
     return dest
 

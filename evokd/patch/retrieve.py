@@ -10,7 +10,10 @@ sentence itself, and its duplicates, are never retrieved for its own error).
 import logging
 from collections import defaultdict
 
-from .translate import chunks, device_for, load_translator, plan_batches, translate_batch
+from evokd import steps
+from evokd.inference import choose_device
+
+from .translate import load_translator, translate_ids
 from .workspace import append_jsonl, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -59,16 +62,16 @@ def translate_retrieved(path, jobs, pool, teacher_path, cfg, make_row, desc):
     if done:
         logger.info("%s: %d sentences done earlier, %d to go", desc, len(done), len(todo))
     if todo:
-        teacher = load_translator(teacher_path, pool, cfg.decoding(), device_for(cfg.cpu))
+        teacher = load_translator(teacher_path, pool, cfg.decoding(), choose_device(cfg.cpu))
         tgt_dict = teacher.task.target_dictionary
         with tqdm(total=len(todo), desc=desc, unit="sent", dynamic_ncols=True) as bar:
-            for ids in chunks(todo, cfg.chunk_size):
-                rows = {}
-                for batch in plan_batches(teacher, ids, cfg.max_tokens):
-                    for i, hypo in translate_batch(teacher, batch).items():
-                        bpe = tgt_dict.string(hypo["tokens"])
-                        rows[i] = make_row(i, jobs[i], pool.bpe(i), bpe)
-                append_jsonl(path, [rows[i] for i in sorted(rows)])
+            for ids in steps.cut(todo, cfg.chunk_size):
+                hypos = translate_ids(teacher, ids, cfg.max_tokens)
+                rows = [
+                    make_row(i, jobs[i], pool.bpe(i), tgt_dict.string(hypos[i].body))
+                    for i in sorted(hypos)
+                ]
+                append_jsonl(path, rows)
                 bar.update(len(ids))
     return read_jsonl(path)
 

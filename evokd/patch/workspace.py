@@ -6,14 +6,15 @@ finished step and resumes an unfinished one; with another key it is an error tha
 the differences and the files to remove to redo the step (and the steps after it).
 """
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
+from evokd import steps
 from evokd.errors import EvokdError
+from evokd.steps import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -28,27 +29,6 @@ OUTPUTS = {
     "build": ["patch.jsonl", "data"],
     "train": ["checkpoints", "results", "results.json"],
 }
-
-
-def sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json(path, value):
-    tmp = Path(f"{path}.partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 # --- JSON Lines ------------------------------------------------------------------------------
@@ -122,7 +102,7 @@ class Workspace:
         """sha256 of a file, computed once per run (files are read only once complete)."""
         path = Path(path)
         if path not in self._digests:
-            self._digests[path] = sha256(path)
+            self._digests[path] = steps.file_digest(path)
         return self._digests[path]
 
     # --- inputs --------------------------------------------------------------------------
@@ -173,7 +153,7 @@ class Workspace:
         step was run with another key."""
         record = self.record(step)
         if record is not None and record["key"] != key:
-            diffs = _differences(record["key"], key)
+            diffs = steps.differences(record["key"], key)
             remove = " ".join(str(p) for p in self.outputs(step))
             raise EvokdError(
                 f"{self.out}: step {step} was run with other settings or inputs "
@@ -207,16 +187,3 @@ class Workspace:
                     f"step {step} needs step {other} first: run `evokd patch {other} --out "
                     f"{self.out}` (or `evokd patch` for every step)"
                 )
-
-
-def _differences(theirs, ours, where=""):
-    diffs = []
-    for key in sorted(set(theirs) | set(ours)):
-        a, b = theirs.get(key), ours.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{where}{key}.")
-        elif a != b:
-            if isinstance(a, str) and len(a) == 64 and isinstance(b, str) and len(b) == 64:
-                a, b = f"sha256 {a[:12]}", f"sha256 {b[:12]}"
-            diffs.append(f"{where}{key}: {a} there, {b} now")
-    return diffs

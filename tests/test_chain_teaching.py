@@ -1,0 +1,191 @@
+"""Chains that teach cheaply and report honestly: a teacher cache built once as a step of
+the chain, the training state carried between stages, early stopping, seeds, and plans
+whose every command is checked by fairseq's parser before the first stage trains."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evokd import cli
+from tests import utils
+from tests.test_chain import MICRO_DIMS
+
+TRAIN = {
+    "seed": 1, "optimizer": "adam", "lr": 1e-3, "lr-scheduler": "inverse_sqrt",
+    "warmup-updates": 10, "max-tokens": 2000, "criterion": "label_smoothed_cross_entropy",
+    "label-smoothing": 0.1, "num-workers": 0, "log-format": "json", "log-interval": 1,
+    **MICRO_DIMS,
+}  # fmt: skip
+TEACHER = {"name": "teacher", "arch": "transformer_evokd_tiny_senior", "max_epoch": 1}
+
+
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory):
+    """300 Multi30k pairs prepared once (sentencepiece BPE, binarized)."""
+    out = tmp_path_factory.mktemp("data") / "micro.de-en"
+    argv = ["prepare", "multi30k", "--out", str(out), "--train-size", "300"]
+    assert cli.main(argv + ["--eval-size", "30", "--vocab-size", "400"]) == 0
+    return out
+
+
+def write_plan(root, data, stages, name="teach", **extra):
+    plan = {"name": name, "data": str(data), "train": dict(TRAIN), "kd": {"kd-alpha": 0.5}}
+    plan.update(stages=stages, evaluate={"beam": 1, "max_len_b": 20}, **extra)
+    path = Path(root) / f"{name}.yaml"
+    path.write_text(json.dumps(plan, indent=1))
+    return path
+
+
+def chain(root, plan, *extra, check=True):
+    return utils.run(
+        utils.fairseq_script("evokd") + ["chain", "--plan", str(plan), *extra],
+        cwd=root,
+        check=check,
+    )
+
+
+def stage_log(root, run, stage):
+    return utils.parse_json_log(
+        (Path(root) / "checkpoints" / run / stage / "train.log").read_text()
+    )
+
+
+def record(root, run, stage):
+    return json.loads((Path(root) / "checkpoints" / run / stage / "evokd_stage.json").read_text())
+
+
+def test_teacher_cache_is_built_once_and_read_by_two_stages(micro_data, tmp_path):
+    students = [
+        {"name": f"s{i}", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+         "teacher": "teacher", "kd": {"cache": {"topk": 4}}}
+        for i in (1, 2)
+    ]  # fmt: skip
+    plan = write_plan(tmp_path, micro_data, [TEACHER] + students)
+    _, out = chain(tmp_path, plan, "--no-evaluate")
+    caches = tmp_path / "checkpoints" / "teach" / "caches"
+    (cache,) = list(caches.iterdir())  # one cache for the (teacher, data) pair
+    assert json.loads((cache / "cache.json").read_text())["fingerprint"]["topk"] == 4
+    assert out.count(f"teacher cache {cache.name}: done") == 1
+    (step,) = list((tmp_path / "checkpoints" / "teach" / "steps").glob("cache-*.json"))
+    assert json.loads(step.read_text())["seconds"] > 0
+    for name in ("s1", "s2"):
+        command = record(tmp_path, "teach", name)["command"]
+        assert command[command.index("--teacher-cache") + 1] == str(
+            Path("checkpoints/teach/caches") / cache.name
+        )
+        assert command[command.index("--kd-topk") + 1] == "4"
+        log = (tmp_path / "checkpoints" / "teach" / name / "train.log").read_text()
+        assert "frozen" not in log  # the live teacher was never loaded
+        train = [r for r in utils.parse_json_log(log) if r["_tag"] == "train"][-1]
+        assert float(train["train_kd_loss"]) > 0
+    # fairseq's output went to the logs only: the chain printed its own short story
+    assert "train_inner" not in out and "[3/3] s2: done in" in out
+
+
+def test_training_state_carries_the_lr_schedule(micro_data, tmp_path):
+    source = {"name": "a", "arch": "transformer_evokd_tiny_student", "max_update": 12}
+    weights = {"name": "b", "arch": "transformer_evokd_tiny_student", "max_update": 6,
+               "init_from": "a"}  # fmt: skip
+    training = dict(weights, name="c", init_from_state="training")
+    plan = write_plan(tmp_path, micro_data, [source, weights, training])
+    chain(tmp_path, plan, "--no-evaluate")
+    inner = {n: [r for r in stage_log(tmp_path, "teach", n) if r["_tag"] == "train_inner"]
+             for n in "abc"}  # fmt: skip
+    lr = {n: [float(r["lr"]) for r in records] for n, records in inner.items()}
+    # weights only: a fresh optimizer and the warm-up again, from update 1
+    assert [int(r["num_updates"]) for r in inner["b"]] == list(range(1, 7))
+    assert lr["b"][0] == pytest.approx(lr["a"][0])
+    # the training state: updates and the inverse_sqrt schedule continue from a's 12
+    assert [int(r["num_updates"]) for r in inner["c"]] == list(range(13, 19))
+    assert lr["c"][0] == pytest.approx(1e-3 * (10 / 13) ** 0.5, rel=1e-3)
+    assert record(tmp_path, "teach", "c")["updates"] == 6
+    assert record(tmp_path, "teach", "c")["start_updates"] == 12
+
+
+def test_early_stopping_ends_a_stage_as_finished(micro_data, tmp_path):
+    stage = {"name": "s", "arch": "transformer_evokd_tiny_student", "max_epoch": 30,
+             "flags": {"patience": 1, "lr": 1e-12}}  # fmt: skip  # validation never improves
+    plan = write_plan(tmp_path, micro_data, [stage])
+    chain(tmp_path, plan, "--no-evaluate")
+    done = record(tmp_path, "teach", "s")
+    assert done["finished"] and done["epochs"] < 30
+    stamp = (tmp_path / "checkpoints" / "teach" / "s" / "checkpoint_last.pt").stat().st_mtime_ns
+    _, out = chain(tmp_path, plan, "--no-evaluate")
+    assert "[1/1] s: finished earlier, skipped" in out
+    assert (tmp_path / "checkpoints" / "teach" / "s" / "checkpoint_last.pt").stat().st_mtime_ns == (
+        stamp
+    )
+
+
+def test_seeds_run_into_their_own_folders_and_share_the_teacher(micro_data, tmp_path):
+    student = {"name": "student_model", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+               "teacher": "teacher"}  # fmt: skip
+    plan = write_plan(tmp_path, micro_data, [TEACHER, student], shared=["teacher"])
+    _, out = chain(tmp_path, plan, "--seeds", "1", "2")
+    runs = tmp_path / "checkpoints" / "teach"
+    assert (runs / "shared" / "teacher" / "checkpoint_best.pt").is_file()
+    assert not (runs / "seed1" / "teacher").exists()
+    assert out.count("[1/2] teacher: finished earlier, skipped") == 1  # trained for seed 1
+    rows = {}
+    for seed in (1, 2):
+        command = record(tmp_path, f"teach/seed{seed}", "student_model")["command"]
+        assert command[command.index("--seed") + 1] == str(seed)
+        report = json.loads(
+            (tmp_path / "results" / "teach" / f"seed{seed}" / "results.json").read_text()
+        )
+        rows[seed] = {r["stage"]: r for r in report["rows"]}
+    pooled = json.loads((tmp_path / "results" / "teach" / "results.json").read_text())
+    by_stage = {r["stage"]: r for r in pooled["rows"]}
+    values = [rows[1]["student_model"]["bleu"], rows[2]["student_model"]["bleu"]]
+    assert by_stage["student_model"]["bleu_mean"] == pytest.approx(sum(values) / 2)
+    assert by_stage["student_model"]["bleu_std"] == pytest.approx(
+        abs(values[0] - values[1]) / 2**0.5
+    )
+    assert by_stage["teacher"]["bleu_std"] == 0  # one shared teacher, scored alike
+    assert "± " in (tmp_path / "results" / "teach" / "results.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# Every command parsed before the first stage trains.
+
+
+def _rejected(tmp_path, plan, *extra):
+    code, out = chain(tmp_path, plan, *extra, check=False)
+    assert code == 2, out
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained, nothing written
+    return out
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_unknown_flag_in_a_late_stage_fails_before_training(micro_data, tmp_path, dry):
+    late = {"name": "late", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+            "teacher": "teacher", "flags": {"no-such-flag": 1}}  # fmt: skip
+    plan = write_plan(tmp_path, micro_data, [TEACHER, late])
+    out = _rejected(tmp_path, plan, *(["--dry-run"] if dry else []))
+    assert "stage late: fairseq-train rejects its command" in out
+    assert "unrecognized arguments: --no-such-flag 1" in out
+
+
+def test_misplaced_kd_key_names_the_stage(micro_data, tmp_path):
+    late = {"name": "late", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+            "teacher": "teacher", "kd": {"max-epochs": 3}}  # fmt: skip
+    plan = write_plan(tmp_path, micro_data, [TEACHER, late])
+    out = _rejected(tmp_path, plan, "--dry-run")
+    assert "stage late" in out and "--max-epochs" in out
+
+
+def test_no_budget_and_seed_twice_are_errors(micro_data, tmp_path):
+    plan = write_plan(tmp_path, micro_data, [TEACHER])
+    out = _rejected(tmp_path, plan, "--", "--max-epoch", "0")
+    assert "stage teacher: max_epoch and max_update are both 0" in out
+    out = _rejected(tmp_path, plan, "--seeds", "1", "2", "--", "--seed", "3")
+    assert "stage teacher: a seed is given twice" in out
+
+
+def test_bad_cache_spec_names_the_stage(micro_data, tmp_path):
+    student = {"name": "s", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+               "teacher": "teacher", "kd": {"cache": {"topk": 0}}}  # fmt: skip
+    plan = write_plan(tmp_path, micro_data, [TEACHER, student])
+    out = _rejected(tmp_path, plan, "--dry-run")
+    assert "stage s: kd: cache: expected {topk: K}" in out
