@@ -286,6 +286,8 @@ class Chain:
         for key, ref in stage.references():
             if ref in self.plan.stage_names:
                 other = self.plan.stage(ref)
+                if self.devices.node_rank != 0:
+                    self.wait_for_first_node(other)
                 if not self.is_finished(other):
                     how = (
                         hint(other)
@@ -298,6 +300,19 @@ class Chain:
                     )
             elif not os.path.isfile(ref):
                 raise EvokdError(f"stage {stage.name}: {key} {ref}: no such checkpoint file")
+
+    def wait_for_first_node(self, stage, timeout=1800, poll=2.0):
+        """On machine NODE_RANK > 0: node 0 records a finished stage, in the checkpoints
+        folder the machines share; wait for that record (a few seconds after training)."""
+        deadline = time.time() + timeout
+        while not self.is_finished(stage):
+            if time.time() > deadline:
+                raise EvokdError(
+                    f"stage {stage.name}: node 0 has not recorded it as finished in "
+                    f"{self.stage_dir(stage)} after {timeout} s; several machines need one "
+                    "checkpoints folder they all see"
+                )
+            time.sleep(poll)
 
     # --- training ----------------------------------------------------------------------
 
@@ -387,12 +402,18 @@ class Chain:
 
     def build_cache(self, stage):
         """The teacher cache of the stage's (teacher, data) pair, built once (resumable)."""
-        from evokd.teacher_cache import build_cache
-
         out = self.cache_dir(stage)
         record_path = self.step_record("cache", out.name)
-        if out.is_dir() and record_path.is_file():
-            return steps.read_json(record_path)
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(record_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another chain on a shared folder: wait for it
+            if out.is_dir() and record_path.is_file():
+                return steps.read_json(record_path)
+            return self._build_cache(stage, out, record_path)
+
+    def _build_cache(self, stage, out, record_path):
+        from evokd.teacher_cache import build_cache
+
         teacher = self.best_checkpoint(stage.teacher)
         self.progress(f"  teacher cache {out.name}: {teacher} over {self.stage_data(stage)}")
         start = time.time()
@@ -715,12 +736,15 @@ class _Progress:
         return f"{verb}, {self.budget(stage)}, {kind}"
 
     def updates_per_epoch(self, stage):
+        """From a finished stage on the same data, else on any data (the distilled data of a
+        sequence-level stage has the same pairs)."""
+        found = {}
         for other in self.stages:
             record = self.chain.record(other) or {}
-            if record.get("epochs") and record.get("updates") and other.max_epoch:
-                if self.chain.stage_data(other) == self.chain.stage_data(stage):
-                    return record["updates"] / record["epochs"]
-        return None
+            if record.get("epochs") and record.get("updates") and not record.get("start_updates"):
+                same = self.chain.stage_data(other) == self.chain.stage_data(stage)
+                found.setdefault(same, record["updates"] / record["epochs"])
+        return found.get(True, found.get(False))
 
     def finished(self, stage, record, seconds):
         updates = record.get("updates") or 0

@@ -9,8 +9,11 @@ relabels the half it has not seen: B_k translates A's sources, A_k translates B'
 translations are the labels of stage k + 1. After K stages a final student trains on both
 halves with their last labels. Every student is a chain stage (stock fairseq-train,
 ``checkpoint_best.pt`` chosen on the real validation set); every relabelling is
-:func:`evokd.distill_data.distill_data`. Each step's output appears complete or not at all,
-and a rerun skips the finished ones::
+:func:`evokd.distill_data.distill_data`, which survives kills and resumes to the same labels.
+Each step's output appears complete or not at all, and a rerun skips the finished ones; a
+folder one step reads is counted first (a half or a relabelled folder with more or fewer
+pairs than its ids is refused). A rerun of a finished run with the same settings runs no
+step and writes the report again; with other settings it is refused, naming them::
 
     DIR/mckd_settings.json          the settings DIR was made with; a rerun must match them
     DIR/labels/teacher/             distill_data(teacher, DATA): the n pairs, teacher labels
@@ -43,7 +46,7 @@ from evokd.chain import Chain, Devices
 from evokd.checkpoint import check_exists, load_checkpoint
 from evokd.data.folder import language_pair, languages, load_side, subset_size, write_folder
 from evokd.distill_data import META as DISTILLED
-from evokd.distill_data import distill_data
+from evokd.distill_data import distill_data, open_distilled
 from evokd.errors import EvokdError, check_number
 from evokd.inference import DECODING
 from evokd.mckd_report import FORMAT, HALVES
@@ -132,6 +135,8 @@ class Relabelling:
             )  # fmt: skip
 
         self._step(name, out, meta.is_file, work, lambda: steps.read_json(meta)["wall_seconds"])
+        info = open_distilled(out, "mckd:")  # counted: every pair relabelled, once
+        steps.check_count(f"mckd: {out}", info["examples"], _pairs(data, self.pair, self.src))
 
     def train(self, stages):
         """Train ``stages`` as chain stages (a finished one is skipped); returns the chain."""
@@ -152,10 +157,22 @@ class Relabelling:
         skip = {DISTILLED, IDS, MERGED}
         write_folder(self.data, dest, "train", self.pair, columns, extra, skip)
 
+    def check_half(self, k, half, ids):
+        """Fail unless the half folder holds exactly the pairs ``ids``, in that order."""
+        folder = self.labels(k, half)
+        recorded = [int(i) for i in (folder / IDS).read_text(encoding="utf-8").split()]
+        if recorded != list(ids):
+            raise EvokdError(
+                f"mckd: {folder / IDS}: other ids than split.json gives half {half}; remove "
+                f"{folder} to rebuild it"
+            )
+        steps.check_count(f"mckd: {folder}", _pairs(folder, self.pair, self.tgt), len(ids))
+
     def split(self, n):
         """The stage-1 halves (the teacher's labels), then split.json with their ids."""
         path, seed = self.out / "split.json", self.settings["seed"]
         ids = dict(zip(HALVES, split_ids(n, seed)))
+        steps.check_complete(str(path), ids["A"] + ids["B"], n)
 
         def work():
             start = time.perf_counter()
@@ -177,6 +194,11 @@ class Relabelling:
 
         seconds = lambda: steps.read_json(path)["seconds"]  # noqa: E731
         self._step("split in halves", path, path.is_file, work, seconds)
+        recorded = steps.read_json(path)
+        if {h: recorded[h] for h in HALVES} != ids:
+            raise EvokdError(f"mckd: {path}: other halves than seed {seed} gives; remove it")
+        for half in HALVES:
+            self.check_half(1, half, ids[half])
         return ids
 
     def merge(self, k, ids):
@@ -186,8 +208,10 @@ class Relabelling:
         def work():
             start = time.perf_counter()
             n = sum(len(v) for v in ids.values())
+            steps.check_complete(f"mckd: {self.out / 'split.json'}", ids["A"] + ids["B"], n)
             sources, targets = [None] * n, [None] * n
             for half in HALVES:
+                self.check_half(k, half, ids[half])
                 folder = self.labels(k, half)
                 src, tgt = (
                     load_side(folder, "train", self.pair, lang) for lang in (self.src, self.tgt)
@@ -200,6 +224,8 @@ class Relabelling:
 
         seconds = lambda: steps.read_json(dest / MERGED)["seconds"]  # noqa: E731
         self._step("merge the halves", dest, dest.is_dir, work, seconds)
+        n = sum(len(v) for v in ids.values())
+        steps.check_count(f"mckd: {dest}", _pairs(dest, self.pair, self.tgt), n)
 
     # --- the whole run -----------------------------------------------------------------
 
@@ -220,6 +246,8 @@ class Relabelling:
         final = self.student("final_student", self.labels("final"))
         chain = self.train([final])
         test = chain.evaluate_stage(final) if evaluate else None
+        if not any(r["ran_now"] for r in self.records):
+            logger.info("mckd: %s: every step finished earlier: nothing to do", self.out)
         refs = mckd_report.references(self)
         labels = [mckd_report.score_labels(self, k, ids, refs) for k in range(1, stages + 2)]
         report = mckd_report.report(self, ids, labels, students, chain, final, test)
@@ -232,6 +260,11 @@ class Relabelling:
                 row["stage"], row["made_by"], row["chrf"], row["bleu"],
             )  # fmt: skip
         return report
+
+
+def _pairs(folder, pair, lang):
+    """The number of training sentences of ``folder``'s side ``lang``."""
+    return len(load_side(folder, "train", pair, lang))
 
 
 def run_mckd(

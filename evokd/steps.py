@@ -164,3 +164,41 @@ def claim(out, record, settings, kind, hint):
         )
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, settings)
+
+
+# --- plans of batches, and checks of what was built -----------------------------------------
+
+
+def describe_batches(chunks, n_examples):
+    """:func:`describe_plan` for a plan whose parts are lists of batches (lists of example
+    ids): the digest covers the batches too, since they decide what a translation gives."""
+    flat = [np.asarray([len(b), *b], dtype=np.int64) for chunk in chunks for b in chunk]
+    flat = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
+    return {"examples": int(n_examples), "parts": len(chunks), "plan_sha256": array_digest(flat)}
+
+
+def check_same_ids(where, found, expected):
+    """``found`` holds every id of ``expected`` exactly once and nothing else, or an error
+    naming what is missing, doubled or foreign."""
+    found, expected = list(found), list(expected)
+    wanted, seen = set(expected), {}
+    for i in found:
+        seen[i] = seen.get(i, 0) + 1
+    missing = sorted(wanted - set(seen))
+    twice = sorted(i for i, n in seen.items() if n > 1)
+    foreign = sorted(set(seen) - wanted)
+    if missing or twice or foreign:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} examples missing (e.g. {missing[:3]})")
+        if twice:
+            problems.append(f"{len(twice)} more than once (e.g. {twice[:3]})")
+        if foreign:
+            problems.append(f"{len(foreign)} not in the plan (e.g. {foreign[:3]})")
+        raise EvokdError(f"{where}: incomplete ({'; '.join(problems)}); rebuild it")
+
+
+def check_count(where, found, expected, what="entries"):
+    """An error unless ``found == expected`` (an index or dataset cut short, or grown)."""
+    if found != expected:
+        raise EvokdError(f"{where}: holds {found} {what} where {expected} are expected; rebuild it")

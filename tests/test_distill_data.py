@@ -156,8 +156,9 @@ def test_killed_run_resumes_to_the_same_result(
     for name in ("text/train.distilled.en", *SPLIT_FILES):
         assert (out / name).read_bytes() == (distilled / name).read_bytes()
 
-    with pytest.raises(EvokdError, match="exists"):
-        dd.distill_data(teacher_ckpt, prepared, out, **settings)
+    assert dd.distill_data(teacher_ckpt, prepared, out, **settings)["done"]  # nothing to do
+    with pytest.raises(EvokdError, match=r"--out .*kd: made with other settings .*beam: 5 there"):
+        dd.distill_data(teacher_ckpt, prepared, out, beam=4, **settings)
 
     # Stock fairseq-train trains on all of them: 400 pairs an epoch.
     records, log = utils.train(out, tmp_path / "student", "transformer_evokd_tiny_student")

@@ -16,7 +16,8 @@ from evokd.patch.workspace import append_jsonl, read_jsonl
 from tests import utils
 
 # Tiny models repeat one word until the length limit: keep hypotheses short.
-FAST = {"beam": 2, "max_len_a": 0.0, "max_len_b": 6, "chunk_size": 50, "cpu": True}
+FAST = {"beam": 2, "max_len_a": 0.0, "max_len_b": 6, "chunk_size": 50, "max_tokens": 400}
+FAST["cpu"] = True  # batches of ~25 sentences, parts of ~50
 KEYS = {
     "translations": {"id", "source", "student", "teacher", "source_bpe", "student_bpe",
                      "teacher_bpe", "alignment", "nll", "chrf", "error_words"},
@@ -324,25 +325,27 @@ def test_rerun_skips_finished_steps(patched, caplog):
 
 def test_killed_step_resumes_where_it_stopped(patched, student_ckpt, teacher_ckpt, data_bin,
                                               tmp_path, monkeypatch):  # fmt: skip
-    reference = read_jsonl(patched[0] / "translations.jsonl")
+    reference = (patched[0] / "translations.jsonl").read_bytes()
     out = tmp_path / "run"
     args = (student_ckpt, teacher_ckpt, data_bin, out)
     utils.interrupt_on_call(monkeypatch, translate, "translate_chunk", 3)
     with pytest.raises(KeyboardInterrupt):
         run_patch(*args, steps=["translate"], **FAST)
-    done = read_jsonl(out / "translations.jsonl")
-    assert [r["id"] for r in done] == list(range(100))  # two chunks of 50
+    parts = out / "translations.jsonl.parts"
+    done = [read_jsonl(parts / f"part0000{c}.jsonl") for c in range(2)]
+    assert sorted(p.name for p in parts.glob("*.jsonl")) == ["part00000.jsonl", "part00001.jsonl"]
+    assert not (out / "translations.jsonl").exists()  # only when every part is there
     assert not json.loads((out / "steps" / "translate.json").read_text())["finished"]
-    with open(out / "translations.jsonl", "a", encoding="utf-8") as f:
-        f.write('{"id": 100, "sour')  # killed in the middle of a line
+    (parts / "part00002.jsonl.partial").write_text('{"id": 100, "sour')  # killed mid-write
     monkeypatch.undo()
     real, calls = translate.translate_chunk, []
-    monkeypatch.setattr(
-        translate, "translate_chunk", lambda *a: calls.append(list(a[3])) or real(*a)
-    )
+    monkeypatch.setattr(translate, "translate_chunk", lambda *a: calls.append(a[3]) or real(*a))
     run_patch(*args, steps=["translate"], **FAST)
-    assert calls == [list(range(100, 150)), list(range(150, 200))]
-    assert read_jsonl(out / "translations.jsonl") == reference
+    redone = sorted(i for batches in calls for batch in batches for i in batch)
+    finished = sorted(row["id"] for rows in done for row in rows)
+    assert sorted(redone + finished) == list(range(200))  # the finished parts not redone
+    assert (out / "translations.jsonl").read_bytes() == reference
+    assert not parts.exists()
 
 
 # --- raw text pools, errors --------------------------------------------------------------------

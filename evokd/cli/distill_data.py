@@ -15,9 +15,11 @@ output:
   OUT/text/SUBSET.distilled.TGT      the hypotheses as (BPE'd) text, in dataset order
   OUT/distill.json                   teacher (path, sha256), data, decoding, counts, lengths
 
-The translations are built in OUT.partial in chunks; a killed run resumes from its finished
-chunks when started again with the same settings, and OUT appears only when complete. Uses
-the GPU when there is one (--processes N: one process per GPU, or N CPU processes).
+The translations are built in OUT.partial in chunks of --chunk-size sentences, planned from
+the data alone; a killed run resumes from its finished chunks when started again with the
+same settings, and OUT appears only when complete. A rerun on a finished OUT with the same
+teacher, data and settings does nothing; with others it is refused. Uses the GPU when there
+is one (--processes N: one process per GPU, or N CPU processes; the same output as one).
 
 example:
   evokd distill-data --teacher checkpoints/paper/senior_teacher/checkpoint_best.pt \\
@@ -40,7 +42,12 @@ def add_arguments(parser):
         help="keep the real pairs and add the distilled ones after them in SUBSET (training "
         "then sees both: twice the pairs)",
     )
-    add_decoding_arguments(parser)
+    group = add_decoding_arguments(parser)
+    group.add_argument(
+        "--chunk-size", type=int, default=2048, metavar="N",
+        help="sentences per chunk written to OUT.partial: what a killed run loses at most; "
+        "the translations do not depend on it (default: %(default)s)",
+    )  # fmt: skip
     add_device_arguments(parser)
 
 
@@ -60,7 +67,11 @@ def run(args):
         keep_references=args.keep_references,
         cpu=args.cpu,
         processes=args.processes,
+        chunk_size=args.chunk_size,
     )
+    if info.get("done"):
+        print(f"{args.out}: finished earlier with the same settings: nothing to do")
+        return 0
     print(
         f"{args.out}: {info['examples']} {args.subset} pairs distilled with beam {args.beam} "
         f"({info['training_pairs']} pairs to train on); average target length "

@@ -116,5 +116,7 @@ def run(args):
         evaluate_args={**plan.evaluate, "beam": args.beam},
     )
     print(markdown(report))
+    if not any(step["ran_now"] for step in report["steps"]):
+        print(f"{args.out}: every step finished earlier with the same settings: nothing to do")
     print(f"report: {args.out}/mckd.json, {args.out}/mckd.md")
     return 0

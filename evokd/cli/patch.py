@@ -105,7 +105,9 @@ def add_arguments(parser):
     group = add_decoding_arguments(parser, "decoding (every translation; fairseq-generate flags)")
     group.add_argument(
         "--chunk-size", type=int, default=512, metavar="N",
-        help="sentences translated between two writes to a JSONL file (default: 512)",
+        help="sentences per part of a translating step's JSONL file, written as it is "
+        "finished: what a killed run loses at most; the translations do not depend on it "
+        "(default: 512)",
     )  # fmt: skip
     group.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
 

@@ -115,7 +115,7 @@ def _paths_from_here(args):
         args.preset = os.path.abspath(args.preset)
 
 
-def _chain(args, gpus, port):
+def _chain(args, gpus, port, stage_dirs=None):
     from evokd.chain import Chain, Devices
     from evokd.plan import load_plan
 
@@ -123,24 +123,21 @@ def _chain(args, gpus, port):
     if args.data:
         plan.data, plan.prepare = args.data, None
     extra = list(getattr(args, "passthrough", []))
-    return Chain(plan, devices=Devices(gpus=gpus, master_port=port or 29500), extra_args=extra)
+    devices = Devices(gpus=gpus, master_port=port or 29500)
+    return Chain(plan, devices=devices, extra_args=extra, stage_dirs=stage_dirs)
 
 
 def _train(args, pos):
     import shlex
 
     gpus = args.gpus if args.gpus is not None else pos.get("gpu_num")
-    chain = _chain(args, gpus, args.master_port or pos.get("port"))
+    stage_dirs = {args.stage: args.save_dir} if args.save_dir else None
+    chain = _chain(args, gpus, args.master_port or pos.get("port"), stage_dirs)
     stage = chain.plan.stage(args.stage)
     if args.max_epoch:
         stage.max_epoch, stage.max_update = args.max_epoch, None
-    if args.save_dir:
-        chain.stage_dirs[stage.name] = args.save_dir
     if args.dry_run:
-        from evokd.plan import validate
-
-        validate(chain.plan, data_required=False)
-        chain.check([stage])
+        chain.check([stage], data_required=False)
         print(shlex.join(chain.train_command(stage)))
         return 0
     chain.run(only=[stage.name], evaluate=False, hint=lambda s: f"bin/{s.name}.sh")
@@ -161,5 +158,8 @@ def _evaluate(args, pos):
         scores = evaluate_checkpoint(args.checkpoint, chain.plan.data, **chain.evaluate_args)
         print(scores)
         return 0
-    chain.report()
+    from evokd.chain import markdown_table
+
+    print(markdown_table(chain.report()))
+    print(f"\nresults: {chain.results}/results.md, results.json, results.png")
     return 0

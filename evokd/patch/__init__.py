@@ -29,11 +29,13 @@ Output folder DIR (each step skipped when finished, resumed when interrupted):
                            finished, stats. Rerunning a step with another key is an error
                            naming the differences and the files to remove to redo it
   DIR/pool/, DIR/mono/     --pool / --mono FILE tokenized, BPE'd and binarized like DATA
-  DIR/translations.jsonl   translate: one line per pool sentence, appended chunk by chunk
+  DIR/translations.jsonl   translate: one line per pool sentence, in id order; built in
+                           DIR/translations.jsonl.parts/ part by part (the parts that a
+                           killed run finished are kept), written when complete
   DIR/selected.jsonl       select: the selected sentences, worst first
-  DIR/synthesis.jsonl      synthesize: one line per retrieved sentence (appended)
+  DIR/synthesis.jsonl      synthesize: one line per retrieved sentence (built in parts)
   DIR/analogy_words.json   analogy: error word -> [[related word, cosine], ...]
-  DIR/analogy.jsonl        analogy: one line per retrieved sentence (appended)
+  DIR/analogy.jsonl        analogy: one line per retrieved sentence (built in parts)
   DIR/patch.jsonl          build: every training pair of DIR/data, in dataset order
   DIR/data/                build: binarized training folder (train = patch + replay;
                            DATA's dictionaries, valid and test copied unchanged)

@@ -35,7 +35,7 @@ class PatchConfig:
     max_len_a: float = DECODING["max_len_a"]
     max_len_b: int = DECODING["max_len_b"]
     max_tokens: int = DECODING["max_tokens"]
-    chunk_size: int = 512  # sentences translated between two appends to a JSONL file
+    chunk_size: int = 512  # sentences per part of a translating step's JSONL (:mod:`.parts`)
     cpu: bool = False
 
     def decoding(self):

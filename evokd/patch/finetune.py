@@ -94,8 +94,8 @@ def build_chain(plan, ws, cfg):
         results=ws.out,
         devices=Devices(gpus=0 if cfg.cpu else None),
         extra_args=cfg.train_args,
+        stage_dirs={"patch": ws.checkpoints},
     )
-    chain.stage_dirs["patch"] = ws.checkpoints
     return chain
 
 

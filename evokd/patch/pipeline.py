@@ -71,7 +71,7 @@ def data_digest(ws, data, src, tgt):
 
 def step_key(step, ws, cfg, inputs, src, tgt):
     """A step's settings and the sha256 of what it reads: its record's key."""
-    decoding = cfg.decoding()
+    decoding = dict(cfg.decoding(), max_tokens=cfg.max_tokens)  # the batches: the translations
     data = data_digest(ws, inputs["data"], src, tgt)
     teacher = ws.digest(inputs["teacher"])
     mono = ws.digest(inputs["mono"]) if inputs["mono"] else data

@@ -10,11 +10,11 @@ sentence itself, and its duplicates, are never retrieved for its own error).
 import logging
 from collections import defaultdict
 
-from evokd import steps
-from evokd.inference import choose_device
+from evokd.inference import choose_device, translate
 
-from .translate import load_translator, translate_ids
-from .workspace import append_jsonl, read_jsonl
+from .parts import build_jsonl, plan_parts
+from .translate import load_translator
+from .workspace import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -51,29 +51,23 @@ def retrieve(index, word, n, exclude_texts=()):
 
 
 def translate_retrieved(path, jobs, pool, teacher_path, cfg, make_row, desc):
-    """Translate the sentences ``jobs`` (id -> what it was retrieved for) with the teacher and
-    append one row per sentence to ``path`` (``make_row(id, job, source_bpe, teacher_bpe)``),
-    skipping the ids already there. Returns the rows of ``path``."""
-    from tqdm import tqdm
+    """Translate the sentences ``jobs`` (id -> what it was retrieved for) with the teacher
+    into ``path``, one row per sentence (``make_row(id, job, source_bpe, teacher_bpe)``), in
+    planned parts that survive a kill (:mod:`.parts`). Returns the rows of ``path``."""
+    if not jobs:
+        write_jsonl(path, [])  # the file exists even with nothing to translate
+        return []
+    teacher = load_translator(teacher_path, pool, cfg.decoding(), choose_device(cfg.cpu))
+    tgt_dict = teacher.task.target_dictionary
 
-    append_jsonl(path, [])  # the file exists even with nothing to translate
-    done = {row["id"] for row in read_jsonl(path)}
-    todo = [i for i in sorted(jobs) if i not in done]
-    if done:
-        logger.info("%s: %d sentences done earlier, %d to go", desc, len(done), len(todo))
-    if todo:
-        teacher = load_translator(teacher_path, pool, cfg.decoding(), choose_device(cfg.cpu))
-        tgt_dict = teacher.task.target_dictionary
-        with tqdm(total=len(todo), desc=desc, unit="sent", dynamic_ncols=True) as bar:
-            for ids in steps.cut(todo, cfg.chunk_size):
-                hypos = translate_ids(teacher, ids, cfg.max_tokens)
-                rows = [
-                    make_row(i, jobs[i], pool.bpe(i), tgt_dict.string(hypos[i].body))
-                    for i in sorted(hypos)
-                ]
-                append_jsonl(path, rows)
-                bar.update(len(ids))
-    return read_jsonl(path)
+    def compute(batches):
+        hypos = {h.id: h for h in translate(teacher, batches)}
+        return [
+            make_row(i, jobs[i], pool.bpe(i), tgt_dict.string(hypos[i].body)) for i in sorted(hypos)
+        ]
+
+    parts = plan_parts(teacher, sorted(jobs), cfg.max_tokens, cfg.chunk_size)
+    return build_jsonl(path, parts, cfg.chunk_size, compute, desc)
 
 
 def group_errors(selected):

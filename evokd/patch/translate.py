@@ -1,7 +1,7 @@
 """Step ``translate``: the student and the teacher translate the pool; the teacher's feedback.
 
 Both models run fairseq's own beam search through :mod:`evokd.inference`, on batches formed
-like fairseq-generate's (the ids of a chunk sorted by source length, cut at ``max_tokens``;
+like fairseq-generate's (the pool's ids sorted by source length, cut at ``max_tokens``;
 no batch-size multiple; sentences too long for a model or a batch left out, with a
 warning). The teacher's generator is asked for hard alignments (``print_alignment="hard"``):
 fairseq's ``SequenceGeneratorWithAlignment`` takes, for every target piece, the source piece
@@ -11,8 +11,10 @@ no alignment training). The student then scores the teacher's translation under 
 forcing (:func:`evokd.inference.score_targets`, as ``fairseq-generate --score-reference``):
 ``nll`` is its mean negative log-likelihood per target token, EOS included, in nats.
 
-The rows are appended to ``DIR/translations.jsonl`` chunk by chunk (``chunk_size``
-sentences); a killed run resumes after the last complete line.
+The batches are grouped into parts of about ``chunk_size`` sentences, written to
+``DIR/translations.jsonl.parts/`` as they are finished; a killed run resumes the parts that
+are missing, and ``DIR/translations.jsonl`` appears when every part is there
+(:mod:`.parts`): the same rows, byte for byte, however often the step was killed.
 """
 
 import logging
@@ -20,11 +22,10 @@ import time
 
 import numpy as np
 
-from evokd import steps
 from evokd.inference import Translator, choose_device, score_targets, translate
 
 from .feedback import feedback
-from .workspace import append_jsonl, read_jsonl
+from .parts import build_jsonl, plan_parts
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +37,13 @@ def load_translator(checkpoint, pool, decoding, device, flag="--teacher", alignm
     return Translator(checkpoint, pool.folder, pool.subset, decoding, device, flag=flag)
 
 
-def translate_ids(translator, ids, max_tokens):
-    """{id: :class:`evokd.inference.Hypothesis`} of the sentences ``ids`` that fit."""
-    batches = translator.plan_batches(max_tokens, ids=ids, too_long="skip")
-    return {h.id: h for h in translate(translator, batches)}
-
-
-def translate_chunk(student, teacher, pool, ids, max_tokens):
-    """The rows of ``translations.jsonl`` for the sentences ``ids``, in id order."""
+def translate_chunk(student, teacher, pool, batches):
+    """The rows of ``translations.jsonl`` for the sentences of ``batches``, in id order."""
     from evokd.data import remove_bpe
 
     tgt_dict = teacher.task.target_dictionary
     rows = {}
-    for batch in teacher.plan_batches(max_tokens, ids=ids, too_long="skip"):
+    for batch in batches:
         theirs = {h.id: h for h in translate(teacher, [batch])}
         ours = {h.id: h for h in translate(student, [batch])}
         sources = {i: pool.tokens(i)[:-1] for i in theirs}
@@ -73,9 +68,7 @@ def translate_chunk(student, teacher, pool, ids, max_tokens):
 
 
 def run_translate(ws, cfg, inputs, src, tgt):
-    """Translate every pool sentence not in ``translations.jsonl`` yet; returns counts."""
-    from tqdm import tqdm
-
+    """Translate the pool into ``translations.jsonl`` (resumable); returns counts."""
     from .pool import open_pool
 
     start = time.perf_counter()
@@ -84,18 +77,14 @@ def run_translate(ws, cfg, inputs, src, tgt):
     decoding = cfg.decoding()
     teacher = load_translator(inputs["teacher"], pool, decoding, device, alignment=True)
     student = load_translator(inputs["student"], pool, decoding, device, flag="--student")
-    append_jsonl(ws.translations, [])  # the file exists even for an empty pool
-    done = {row["id"] for row in read_jsonl(ws.translations)}
-    todo = [i for i in pool.ids() if i not in done]
-    if done:
-        logger.info("translate: %d sentences done earlier, %d to go", len(done), len(todo))
-    with tqdm(total=len(todo), desc="translating", unit="sent", dynamic_ncols=True) as bar:
-        for ids in steps.cut(todo, cfg.chunk_size):
-            append_jsonl(
-                ws.translations, translate_chunk(student, teacher, pool, ids, cfg.max_tokens)
-            )
-            bar.update(len(ids))
-    rows = read_jsonl(ws.translations)
+    parts = plan_parts(teacher, pool.ids(), cfg.max_tokens, cfg.chunk_size)
+    rows = build_jsonl(
+        ws.translations,
+        parts,
+        cfg.chunk_size,
+        lambda batches: translate_chunk(student, teacher, pool, batches),
+        "translating",
+    )
     return {
         "pool": inputs["pool"] or f"{inputs['data']} (train)",
         "sentences": len(rows),

@@ -22,10 +22,10 @@ STEPS = ("translate", "select", "synthesize", "analogy", "build", "train")
 INPUTS = ("student", "teacher", "data", "pool", "mono")  # fixed by the first step
 # What each step writes, relative to DIR (removed with the step to redo it).
 OUTPUTS = {
-    "translate": ["translations.jsonl"],
+    "translate": ["translations.jsonl", "translations.jsonl.parts"],
     "select": ["selected.jsonl"],
-    "synthesize": ["synthesis.jsonl"],
-    "analogy": ["analogy.jsonl", "analogy_words.json"],
+    "synthesize": ["synthesis.jsonl", "synthesis.jsonl.parts"],
+    "analogy": ["analogy.jsonl", "analogy.jsonl.parts", "analogy_words.json"],
     "build": ["patch.jsonl", "data"],
     "train": ["checkpoints", "results", "results.json"],
 }
@@ -63,7 +63,7 @@ def write_jsonl(path, rows):
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    steps.publish(tmp, path)
 
 
 # --- the folder ------------------------------------------------------------------------------
