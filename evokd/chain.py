@@ -186,8 +186,8 @@ class Chain:
         the same pair."""
         spec = self.cache_spec(stage)
         teacher = stage.teacher
-        if teacher not in self.plan.stage_names:
-            teacher = Path(teacher).stem
+        if teacher not in self.plan.stage_names:  # a file: its folder names the model
+            teacher = f"{Path(teacher).parent.name}-{Path(teacher).stem}".lstrip("-")
         data = Path(self.stage_data(stage)).name
         return self.checkpoints / "caches" / f"{teacher}.{data}.top{spec['topk']}"
 
@@ -446,6 +446,14 @@ class Chain:
         out = Path(self.stage_data(stage))
         if (out / "distill.json").is_file():
             return
+        path = self.step_record("distill", out.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another chain on a shared folder: wait for it
+            if not (out / "distill.json").is_file():
+                self._distill(stage, out, path)
+
+    def _distill(self, stage, out, path):
         from evokd.distill_data import distill_data
 
         spec = {k.replace("-", "_"): v for k, v in stage.seqkd.items() if k != "teacher"}
@@ -455,8 +463,6 @@ class Chain:
         distill_data(str(teacher), self.plan.data, str(out), cpu=not self.devices.cuda, **spec)
         record = {"step": "distill", "name": out.name, "teacher": str(teacher)}
         record["seconds"] = time.time() - start
-        path = self.step_record("distill", out.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, record)
         self.progress(f"  sequence-level KD data {out.name}: done in {_clock(record['seconds'])}")
 

@@ -166,6 +166,20 @@ class TeacherCache:
             target_lprobs=target_lprobs.to(ref.device),
         )
 
+    def placeholder(self, sample, student):
+        """A uniform top-K output shaped like ``sample``'s target (for a batch whose loss
+        does not count), without reading the cache."""
+        ref = next(student.parameters())
+        bsz, tlen = sample["target"].shape
+        value = -float(np.log(self.k))
+        index = torch.arange(self.k, device=ref.device).expand(bsz, tlen, self.k)
+        lprobs = torch.full((bsz, tlen, self.k), value, device=ref.device)
+        return TeacherOutput(
+            topk_lprobs=lprobs,
+            topk_index=index,
+            target_lprobs=torch.full((bsz, tlen), value, device=ref.device),
+        )
+
 
 def _half(int_tensor):
     """fp16 values stored as int16 bit patterns (read back by fairseq as int64)."""

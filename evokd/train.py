@@ -3,11 +3,13 @@
 On GPUs this is exactly ``fairseq-train``: fairseq reads torchrun's environment itself.
 Without CUDA, fairseq's torchrun support divides by the GPU count; here the rank and world
 size are taken from torchrun's environment instead, and each process trains on the CPU
-(use ``--cpu --distributed-backend gloo --ddp-backend legacy_ddp``). Started as
+(use ``--cpu --distributed-backend gloo --ddp-backend legacy_ddp``). ``--bf16`` means bf16
+on the GPU (fairseq 0.12's own parser turns it into ``--tpu``). Started as
 ``torchrun --nproc-per-node N -m evokd.train DATA ...`` or ``evokd-train DATA ...``.
 """
 
 import os
+import sys
 
 import torch
 
@@ -40,6 +42,9 @@ def cli_main(argv=None):
     register_safe_globals()
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, input_args=argv)
+    given = sys.argv[1:] if argv is None else argv
+    if args.bf16 and "--tpu" not in given:
+        args.tpu = False  # fairseq 0.12 turns --bf16 into --tpu (its issue #4696)
     cfg = convert_namespace_to_omegaconf(args)
     cpu_torchrun_overrides(cfg)
     distributed_utils.call_main(cfg, train.main)

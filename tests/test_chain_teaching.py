@@ -189,3 +189,15 @@ def test_bad_cache_spec_names_the_stage(micro_data, tmp_path):
     plan = write_plan(tmp_path, micro_data, [TEACHER, student])
     out = _rejected(tmp_path, plan, "--dry-run")
     assert "stage s: kd: cache: expected {topk: K}" in out
+
+
+def test_cpu_controls_repeats_the_cpu_plan():
+    """cpu_controls runs in the cpu plan's folders after it: its first stages must be the
+    cpu plan's, with the same data and flags, or it would retrain (or refuse) them."""
+    from evokd.plan import load_plan
+
+    cpu, controls = load_plan("cpu"), load_plan("cpu_controls")
+    assert controls.name == cpu.name and controls.data == cpu.data
+    assert (controls.train, controls.kd, controls.evaluate) == (cpu.train, cpu.kd, cpu.evaluate)
+    assert controls.stages[: len(cpu.stages)] == cpu.stages
+    assert len(controls.stages) > len(cpu.stages)

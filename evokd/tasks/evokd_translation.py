@@ -124,5 +124,10 @@ class EvoKDTranslationTask(TranslationTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if getattr(criterion, "needs_teacher", False):
-            sample["teacher"] = self.teacher(sample, model)
+            if ignore_grad and isinstance(self.teacher, TeacherCache):
+                # fairseq's dummy batch for a process that ran out of batches: any example
+                # (even a validation one); its loss is multiplied by 0, so no cache lookup
+                sample["teacher"] = self.teacher.placeholder(sample, model)
+            else:
+                sample["teacher"] = self.teacher(sample, model)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
