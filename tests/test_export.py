@@ -71,9 +71,7 @@ def bench(prepared, models, tmp_path_factory):
     argv = ["bench-translate", "--teacher", teacher, "--student", student, "--data", prepared]
     argv += ["--beam", "1", "--max-len", MAX_LEN, "--batch-size", "8", "--threads", "1"]
     argv += ["--work-dir", root / "work", "--json", root / "bench.json"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(cli.COMMANDS, "bench-translate", ("evokd.cli.bench_translate", "bench"))
-        code, out = _main_capturing(argv)
+    code, out = _main_capturing(argv)
     assert code == 0, out
     with open(root / "bench.json", encoding="utf-8") as f:
         return json.load(f), out, root / "work"

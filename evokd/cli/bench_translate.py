@@ -1,42 +1,69 @@
-"""Translation speed and BLEU of a teacher, its student, and the student in CTranslate2.
+"""Translation speed and BLEU of a teacher and its students, in fairseq and CTranslate2.
 
-In one run, on the same test set and with the same decoding settings, translates with:
-the teacher in fairseq, the student in fairseq (both with fairseq-generate, as `evokd
-evaluate` does), and the student exported to CTranslate2 in float32 and in int8 (needs
-`pip install -e ".[ct2]"`). Prints a table (sentences per second, speed-up over the
-teacher in fairseq, tokenized BLEU, sacreBLEU, chrF, BLEU lost against the student in
-fairseq) and the results as JSON.
+In one run, on the same test set, with the same decoding settings and thread count, and
+for each beam size (default: beam 5 and greedy), translates with: the teacher in fairseq,
+each student in fairseq (both with fairseq-generate, as `evokd evaluate` does), each
+student exported to CTranslate2 (--student-ct2, default float32 and int8; needs
+`pip install -e ".[ct2]"`) and, with --teacher-ct2, the teacher in CTranslate2 too (the
+speed-up within one engine). For each: throughput (sentences and target tokens per
+second, batched), latency (median and 90th percentile milliseconds, one sentence per
+call, over the first --latency-sentences sentences), tokenized BLEU, sacreBLEU, chrF and
+BLEU lost against the first student in fairseq. Prints one table per beam and the
+results as JSON; with --json FILE also writes FILE, FILE's .md (the tables) and .png
+(speed-up against BLEU lost, one point per system and beam).
+
+--fixed-length makes it a cost measurement with no BLEU: every output is forced to its
+reference's length (sentences batched by reference length; fairseq --min-len = --max-len-b
+= L per batch, CTranslate2 min_decoding_length = max_decoding_length = L), so untrained
+models, e.g. of the paper's sizes, are compared at equal work.
 
 Kept equal for every system: beam (fairseq --lenpen 1 = CTranslate2 length_penalty 1),
 the longest output (fairseq --max-len-a 0 --max-len-b L = CTranslate2
 max_decoding_length L), sentences per batch (both sort the test set by length first),
-threads (OMP_NUM_THREADS/MKL_NUM_THREADS for fairseq-generate, intra_threads for
-CTranslate2), and the device (the GPU for all when there is one, unless --cpu). Speed is
-decoding only (model loading excluded), each system timed once without warm-up: on a
-machine shared with other jobs the numbers are noisy.
+threads (OMP_NUM_THREADS/MKL_NUM_THREADS for fairseq-generate, torch.set_num_threads
+in-process, intra_threads for CTranslate2), and the device (the GPU for all when there is
+one, unless --cpu). Speed is decoding only (model loading excluded), each system timed
+once: on a machine shared with other jobs, compare ratios within one run.
 
-example:
-  evokd bench-translate --teacher checkpoints/tiny/senior_teacher/checkpoint_best.pt \\
-      --student checkpoints/tiny/senior_student/checkpoint_best.pt \\
-      --data data-bin/multi30k.tiny.de-en --threads 2 --json results/bench_translate.json
+examples:
+  evokd bench-translate --teacher checkpoints/cpu/senior_teacher/checkpoint_best.pt \\
+      --student checkpoints/fast_student/student_3_3/checkpoint_best.pt \\
+      --student checkpoints/fast_student/student_5_1/checkpoint_best.pt \\
+      --data data-bin/multi30k.de-en --teacher-ct2 int8 --threads 1 --cpu \\
+      --json results/bench_translate.json
+  evokd bench-translate --fixed-length --teacher T.pt --student S66.pt --student S61.pt \\
+      --data data-bin/multi30k.de-en --teacher-ct2 int8 --threads 1 --cpu
 """
 
 
 def add_arguments(parser):
     parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
-    parser.add_argument("--student", required=True, metavar="CKPT", help="student checkpoint")
+    parser.add_argument(
+        "--student",
+        required=True,
+        action="append",
+        metavar="CKPT",
+        help="student checkpoint; repeat for several students (the first is the reference "
+        "of BLEU lost)",
+    )
     parser.add_argument(
         "--data",
         required=True,
         metavar="DATA_BIN",
-        help="the binarized data both were trained on (made by `evokd prepare` for the "
+        help="the binarized data all were trained on (made by `evokd prepare` for the "
         "tokenized and raw references)",
     )
     parser.add_argument(
         "--subset", default="test", metavar="SPLIT", help="split to translate (default: test)"
     )
     parser.add_argument(
-        "--beam", type=int, default=5, metavar="N", help="beam size (default: %(default)s)"
+        "--beam",
+        dest="beams",
+        type=int,
+        nargs="+",
+        default=[5, 1],
+        metavar="N",
+        help="beam sizes, each measured in turn; 1 is greedy search (default: 5 1)",
     )
     parser.add_argument(
         "--batch-size",
@@ -53,7 +80,45 @@ def add_arguments(parser):
         default=200,
         metavar="L",
         help="longest translation in tokens, end of sentence excluded (fairseq "
-        "--max-len-b; default: %(default)s)",
+        "--max-len-b; default: %(default)s; not used with --fixed-length)",
+    )
+    parser.add_argument(
+        "--fixed-length",
+        action="store_true",
+        help="cost measurement, no BLEU: force every output to its reference's length "
+        "(in target BPE pieces), for untrained models at equal work",
+    )
+    parser.add_argument(
+        "--latency-sentences",
+        type=int,
+        default=100,
+        metavar="N",
+        help="translate the first N sentences one per call for the latency figures "
+        "(0: no latency; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--student-ct2",
+        nargs="*",
+        default=["float32", "int8"],
+        metavar="QUANT",
+        help="CTranslate2 weight types of the students (none: give the flag alone; "
+        "default: float32 int8)",
+    )
+    parser.add_argument(
+        "--teacher-ct2",
+        nargs="*",
+        default=[],
+        metavar="QUANT",
+        help="also the teacher in CTranslate2 with these weight types, e.g. int8 (default: none)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="measure every system R times, in rounds (each system once per round, so that "
+        "other jobs on the machine slow all alike), and keep each one's fastest round "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--threads",
@@ -68,31 +133,49 @@ def add_arguments(parser):
         help="keep the CTranslate2 models, hypotheses and fairseq-generate logs here "
         "(default: a temporary folder, removed afterwards)",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="with --fixed-length: run fairseq's batched translation under cProfile and "
+        "write each system's most expensive functions into DIR",
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write the results here, the table and plot beside"
+    )
 
 
 def run(args):
     import json
     from pathlib import Path
 
-    from evokd.bench_translate import run_bench_translate, table
+    from evokd.bench_translate import plot, run_bench_translate, table
 
     result = run_bench_translate(
         args.teacher,
         args.student,
         args.data,
         args.subset,
-        beam=args.beam,
+        beams=args.beams,
         batch_size=args.batch_size,
         max_len=args.max_len,
         threads=args.threads,
         cpu=args.cpu,
         work_dir=args.work_dir,
+        fixed_length=args.fixed_length,
+        latency_sentences=args.latency_sentences,
+        student_ct2=args.student_ct2,
+        teacher_ct2=args.teacher_ct2,
+        profile_dir=args.profile,
+        repeat=args.repeat,
     )
-    print(table(result))
+    printed = table(result)
+    print(printed)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
-        print(f"results: {args.json}")
+        path.with_suffix(".md").write_text(printed + "\n", encoding="utf-8")
+        plot(result, path.with_suffix(".png"))
+        print(f"results: {path}, {path.with_suffix('.md')}, {path.with_suffix('.png')}")
     return 0

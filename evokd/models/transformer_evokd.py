@@ -6,6 +6,13 @@ embedding width differs: student 128, junior teacher 256, senior teacher 512. Th
 ``tiny`` variants keep those ratios (1 : 2 : 4, and the same embedding : FFN ratios of
 1:8, 1:4 and 1:2) at CPU size: 3+3 layers, FFN 512, embeddings 64 / 128 / 256.
 
+The fast students move the student's layers to the encoder, which runs once per sentence,
+away from the decoder, which runs once per output token (deep encoder, shallow decoder:
+Kasai et al., ICLR 2021). ``transformer_evokd_student_6_1`` is the EKD student with one
+decoder layer; ``transformer_evokd_tiny_student_5_1`` the tiny student with 5+1 layers,
+which has fewer parameters than its 3+3 (a decoder layer holds one attention block more
+than an encoder layer). The split was chosen by measurement: docs/benchmarks.md.
+
 Every value is a default: command-line flags (``--encoder-layers 2``) override it.
 """
 
@@ -14,12 +21,14 @@ from fairseq.models.transformer.transformer_legacy import transformer_iwslt_de_e
 from fairseq.utils import safe_getattr
 
 
-def _evokd_architecture(args, embed_dim, ffn_dim=1024, layers=6, heads=4):
+def _evokd_architecture(args, embed_dim, ffn_dim=1024, layers=6, heads=4, decoder_layers=None):
+    """Both sides ``embed_dim`` wide with ``layers`` layers each, unless ``decoder_layers``."""
     for side in ("encoder", "decoder"):
+        depth = decoder_layers if side == "decoder" and decoder_layers else layers
         for name, value in (
             ("embed_dim", embed_dim),
             ("ffn_embed_dim", ffn_dim),
-            ("layers", layers),
+            ("layers", depth),
             ("attention_heads", heads),
         ):
             key = f"{side}_{name}"
@@ -42,6 +51,11 @@ def transformer_evokd_senior(args):
     _evokd_architecture(args, embed_dim=512)
 
 
+@register_model_architecture("transformer", "transformer_evokd_student_6_1")
+def transformer_evokd_student_6_1(args):
+    _evokd_architecture(args, embed_dim=128, layers=6, decoder_layers=1)
+
+
 TINY = dict(ffn_dim=512, layers=3, heads=4)
 
 
@@ -58,3 +72,8 @@ def transformer_evokd_tiny_junior(args):
 @register_model_architecture("transformer", "transformer_evokd_tiny_senior")
 def transformer_evokd_tiny_senior(args):
     _evokd_architecture(args, embed_dim=256, **TINY)
+
+
+@register_model_architecture("transformer", "transformer_evokd_tiny_student_5_1")
+def transformer_evokd_tiny_student_5_1(args):
+    _evokd_architecture(args, embed_dim=64, **{**TINY, "layers": 5}, decoder_layers=1)
