@@ -143,6 +143,13 @@ class Chain:
             return self.stage_dir(self.plan.stage(name_or_path)) / "checkpoint_best.pt"
         return Path(name_or_path)
 
+    def model_name(self, ref):
+        """A stage's name, or for a checkpoint file its folder and stem (two files called
+        checkpoint_best.pt name different models)."""
+        if ref in self.plan.stage_names:
+            return ref
+        return f"{Path(ref).parent.name}-{Path(ref).stem}".lstrip("-")
+
     def stage_data(self, stage):
         """The binarized folder a stage trains on."""
         if stage.data:
@@ -150,11 +157,7 @@ class Chain:
         if stage.seqkd:
             spec = stage.seqkd
             suffix = "+refs" if spec.get("keep-references") else ""
-            teacher = (
-                Path(spec["teacher"]).stem
-                if spec["teacher"] not in self.plan.stage_names
-                else spec["teacher"]
-            )
+            teacher = self.model_name(spec["teacher"])
             return f"{self.plan.data.rstrip('/')}.seqkd-{self.run_name}-{teacher}{suffix}"
         return self.plan.data
 
@@ -185,9 +188,7 @@ class Chain:
         """The cache of the stage's (teacher, training data) pair, shared by every stage with
         the same pair."""
         spec = self.cache_spec(stage)
-        teacher = stage.teacher
-        if teacher not in self.plan.stage_names:  # a file: its folder names the model
-            teacher = f"{Path(teacher).parent.name}-{Path(teacher).stem}".lstrip("-")
+        teacher = self.model_name(stage.teacher)
         data = Path(self.stage_data(stage)).name
         return self.checkpoints / "caches" / f"{teacher}.{data}.top{spec['topk']}"
 
@@ -271,6 +272,23 @@ class Chain:
                 f"stage {stage.name}: {self.stage_dir(stage)} holds checkpoints of another "
                 f"stage ({diff}); give each stage its own --save-dir"
             )
+        if record.get("finished") and "settings" in record:
+            steps.check_settings(
+                f"stage {stage.name}: {self.stage_dir(stage)}",
+                {"flags": record["settings"]},
+                {"flags": self.settings(stage)},
+                "restore those settings, or remove the folder to train the stage again",
+            )
+
+    def settings(self, stage):
+        """The training flags a finished stage is checked against (not its budget, which may
+        grow, nor the device flags; not the seed of a stage shared across seeds)."""
+        flags = {k.replace("_", "-"): v for k, v in self.train_flags(stage).items()}
+        for key in ("max-epoch", "max-update"):
+            flags.pop(key, None)
+        if stage.name in self.plan.shared:
+            flags.pop("seed", None)
+        return " ".join(flags_to_args(flags) + self.extra_args)
 
     def identity(self, stage):
         return {
@@ -317,6 +335,20 @@ class Chain:
     # --- training ----------------------------------------------------------------------
 
     def train_command(self, stage):
+        flags = self.train_flags(stage)
+        flags.update(self.budget(stage))
+        if stage.init_from_state == "training" and stage.max_update:
+            # fairseq counts updates from the source's: the stage's own budget comes on top
+            flags["max_update"] = stage.max_update + self.start_updates(stage)
+        world = self.devices.world_size
+        if world > 1 and flags.get("max-tokens"):  # keep the single-process batch
+            flags["max-tokens"] = math.ceil(int(flags["max-tokens"]) / world)
+        cmd = self.devices.launcher() + [self.stage_data(stage), "--user-dir", EVOKD_DIR]
+        cmd += ["--arch", stage.arch, "--save-dir", str(self.stage_dir(stage))]
+        return cmd + flags_to_args(flags) + self.devices.flags() + self.extra_args
+
+    def train_flags(self, stage):
+        """The fairseq flags of a stage, before its budget and the device split."""
         plan = self.plan
         # evokd_translation for every stage: it is fairseq's translation task plus the
         # teacher, and it batches a resumed run exactly like an uninterrupted one
@@ -336,16 +368,7 @@ class Chain:
         if stage.init_from and stage.init_from_state == "weights":
             flags["init-student-from"] = str(self.best_checkpoint(stage.init_from))
         flags.update(stage.flags)
-        flags.update(self.budget(stage))
-        if stage.init_from_state == "training" and stage.max_update:
-            # fairseq counts updates from the source's: the stage's own budget comes on top
-            flags["max_update"] = stage.max_update + self.start_updates(stage)
-        world = self.devices.world_size
-        if world > 1 and flags.get("max-tokens"):  # keep the single-process batch
-            flags["max-tokens"] = math.ceil(int(flags["max-tokens"]) / world)
-        cmd = self.devices.launcher() + [self.stage_data(stage), "--user-dir", EVOKD_DIR]
-        cmd += ["--arch", stage.arch, "--save-dir", str(self.stage_dir(stage))]
-        return cmd + flags_to_args(flags) + self.devices.flags() + self.extra_args
+        return flags
 
     def train(self, stage):
         """Train one stage (resuming it if it was interrupted); returns its record."""
@@ -362,6 +385,7 @@ class Chain:
             _start_from_training_state(self.best_checkpoint(stage.init_from), folder)
         cmd = self.train_command(stage)
         record = {**self.identity(stage), "budget": self.budget(stage), "finished": False}
+        record["settings"] = self.settings(stage)
         record["command"] = cmd
         if stage.init_from_state == "training":
             record["start_updates"] = self.start_updates(stage)
@@ -417,14 +441,15 @@ class Chain:
         teacher = self.best_checkpoint(stage.teacher)
         self.progress(f"  teacher cache {out.name}: {teacher} over {self.stage_data(stage)}")
         start = time.time()
-        meta = build_cache(
-            str(teacher),
-            self.stage_data(stage),
-            out,
-            k=self.cache_spec(stage)["topk"],
-            processes=self.devices.procs if self.devices.cuda else 1,
-            cpu=not self.devices.cuda,
-        )
+        with _quiet():
+            meta = build_cache(
+                str(teacher),
+                self.stage_data(stage),
+                out,
+                k=self.cache_spec(stage)["topk"],
+                processes=self.devices.procs if self.devices.cuda else 1,
+                cpu=not self.devices.cuda,
+            )
         record = {
             "step": "cache",
             "name": out.name,
@@ -460,7 +485,8 @@ class Chain:
         teacher = self.best_checkpoint(stage.seqkd["teacher"])
         self.progress(f"  sequence-level KD data {out.name}: {teacher} translates the training set")
         start = time.time()
-        distill_data(str(teacher), self.plan.data, str(out), cpu=not self.devices.cuda, **spec)
+        with _quiet():
+            distill_data(str(teacher), self.plan.data, str(out), cpu=not self.devices.cuda, **spec)
         record = {"step": "distill", "name": out.name, "teacher": str(teacher)}
         record["seconds"] = time.time() - start
         _write_json(path, record)
@@ -534,6 +560,8 @@ class Chain:
                 return cached
         cache.parent.mkdir(parents=True, exist_ok=True)
         args = dict(self.evaluate_args)
+        self.progress(f"  evaluating {stage.name} on {args.get('subset', 'test')}")
+        start = time.time()
         scores = evaluate_checkpoint(
             str(checkpoint),
             self.plan.data,
@@ -543,6 +571,10 @@ class Chain:
         )
         scores["checkpoint_stamp"] = stamp
         _write_json(cache, scores)
+        self.progress(
+            f"  evaluated {stage.name}: BLEU {scores.get('bleu', 0):.2f}, chrF "
+            f"{scores.get('chrf', 0):.2f} ({_clock(time.time() - start)})"
+        )
         return scores
 
     def rows(self):
@@ -706,6 +738,13 @@ def _stamp(path):
 
 
 _write_json = steps.write_json
+
+
+def _quiet():
+    """Library warnings of an in-process step stay out of the progress lines."""
+    import warnings
+
+    return warnings.catch_warnings(action="ignore")
 
 
 def _clock(seconds):

@@ -113,6 +113,11 @@ def test_early_stopping_ends_a_stage_as_finished(micro_data, tmp_path):
     stamp = (tmp_path / "checkpoints" / "teach" / "s" / "checkpoint_last.pt").stat().st_mtime_ns
     _, out = chain(tmp_path, plan, "--no-evaluate")
     assert "[1/1] s: finished earlier, skipped" in out
+    # the same finished stage under other settings is refused, naming them, not skipped
+    changed = write_plan(tmp_path, micro_data, [dict(stage, flags={"patience": 1, "lr": 1e-3})])
+    code, out = chain(tmp_path, changed, "--no-evaluate", check=False)
+    assert code == 2 and "stage s: " in out and "made with other settings" in out
+    assert "--lr 1e-12" in out and "--lr 0.001" in out
     assert (tmp_path / "checkpoints" / "teach" / "s" / "checkpoint_last.pt").stat().st_mtime_ns == (
         stamp
     )
