@@ -158,7 +158,8 @@ class Chain:
             spec = stage.seqkd
             suffix = "+refs" if spec.get("keep-references") else ""
             teacher = self.model_name(spec["teacher"])
-            return f"{self.plan.data.rstrip('/')}.seqkd-{self.run_name}-{teacher}{suffix}"
+            run = self.run_name.replace("/", "-")  # tiny/seed2 -> tiny-seed2
+            return f"{self.plan.data.rstrip('/')}.seqkd-{run}-{teacher}{suffix}"
         return self.plan.data
 
     def kd_flags(self, stage):
