@@ -63,6 +63,7 @@ import time
 from pathlib import Path
 
 from .errors import EvokdError
+from .steps import write_png
 
 logger = logging.getLogger(__name__)
 
@@ -781,6 +782,6 @@ def plot(result, path):
         0.01, 0.01, f"{m['subset']} of {Path(m['data']).name}, {m['threads']} thread(s)", fontsize=6
     )
     fig.tight_layout()
-    fig.savefig(path)
+    write_png(fig, path)
     plt.close(fig)
     return path

@@ -528,22 +528,20 @@ class Chain:
 
     def prepare_data(self):
         """Build the plan's data with ``evokd prepare`` if it is not there yet."""
-        data = Path(self.plan.data)
-        if (data / "text" / "prepare.json").is_file() or (
-            any(data.glob("dict.*.txt")) and not (data / ".prepare-incomplete").exists()
-        ):
+        from evokd.data.layout import is_ready
+        from evokd.data.prepare import prepare
+
+        if is_ready(self.plan.data):
             return
         if not self.plan.prepare:
             validate(self.plan)  # raises the missing-data error
             return
-        spec = dict(self.plan.prepare)
+        spec = {k.replace("-", "_"): v for k, v in self.plan.prepare.items()}
         corpus = spec.pop("corpus", "multi30k")
-        argv = ["prepare", str(corpus), "--out", str(data)] + flags_to_args(spec)
-        logger.info("preparing the data: evokd %s", " ".join(argv))
-        from evokd.cli import prepare
-
-        parser = _subparser(prepare)
-        prepare.run(parser.parse_args(argv[1:]))
+        self.progress(f"preparing {corpus} into {self.plan.data}")
+        meta = prepare(str(corpus), self.plan.data, **spec)
+        pairs = ", ".join(f"{split} {n}" for split, n in meta["pairs"].items())
+        self.progress(f"prepared {self.plan.data}: {pairs} pairs")
 
     # --- evaluation and report ---------------------------------------------------------
 
@@ -572,9 +570,11 @@ class Chain:
         )
         scores["checkpoint_stamp"] = stamp
         _write_json(cache, scores)
+        found = [f"{name} {scores[key]:.2f}" for key, name in (("bleu", "BLEU"), ("chrf", "chrF"))
+                 if isinstance(scores.get(key), (int, float))]  # fmt: skip
         self.progress(
-            f"  evaluated {stage.name}: BLEU {scores.get('bleu', 0):.2f}, chrF "
-            f"{scores.get('chrf', 0):.2f} ({_clock(time.time() - start)})"
+            f"  evaluated {stage.name}: {', '.join(found) or 'no scores'} "
+            f"({_clock(time.time() - start)})"
         )
         return scores
 
@@ -723,14 +723,6 @@ def markdown_table(rows):
     from evokd.report import markdown_table as table
 
     return table(rows)
-
-
-def _subparser(module):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"evokd {module.__name__.rsplit('.', 1)[-1]}")
-    module.add_arguments(parser)
-    return parser
 
 
 def _stamp(path):

@@ -17,10 +17,11 @@ teachers is one line beside direct KD's; :func:`plot_curves` draws them.
 
 import json
 import logging
-import os
 import re
 import textwrap
 from pathlib import Path
+
+from evokd.steps import write_png
 
 logger = logging.getLogger(__name__)
 
@@ -205,10 +206,7 @@ def plot_curves(curves, path, metric="bleu", continues=None, title=None):
     ax.set_ylabel(METRICS.get(metric, metric))
     ax.set_title(textwrap.fill(title or "validation curves", 70), fontsize=10)
     ax.grid(alpha=0.3)
-    partial = Path(path).with_name(Path(path).name + ".partial")
-    fig.savefig(partial, format="png", dpi=120)
-    os.replace(partial, path)
-    return path
+    return write_png(fig, path)
 
 
 def write_curves(stages, path, metric=None, title=None):

@@ -15,12 +15,12 @@ rows of :func:`evokd.significance.compare_stages`), the mean and deviation over 
 """
 
 import json
-import os
 import shlex
 import textwrap
 from pathlib import Path
 
 from .data.textio import write_lines
+from .steps import write_png
 
 MISSING = "-"
 CURVES = "curves.png"  # the learning curves, next to results.md
@@ -295,10 +295,7 @@ def plot(rows, path, title=None):
     ax.set_ylabel("tokenized BLEU")
     ax.set_title(textwrap.fill(title or "evokd results", 70), fontsize=10)
     ax.grid(alpha=0.3)
-    partial = Path(path).with_name(Path(path).name + ".partial")
-    fig.savefig(partial, format="png", dpi=120)
-    os.replace(partial, path)
-    return path
+    return write_png(fig, path)
 
 
 def write_report(results_dir, rows, title=None, command=None, significance=None, seed_rows=None):

@@ -30,6 +30,15 @@ def write_json(path, value):
     os.replace(tmp, path)
 
 
+def write_png(fig, path, dpi=120):
+    """Save a matplotlib figure to ``path`` atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    fig.savefig(tmp, format="png", dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)

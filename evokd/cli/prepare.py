@@ -144,15 +144,12 @@ def check_flags(args):
 
 def build_corpus(args):
     """The corpus that ``args`` name (downloading IWSLT14 when no --archive is given)."""
-    from evokd.data import corpora, iwslt14
+    from evokd.data.prepare import build_corpus
 
-    if args.corpus == "multi30k":
-        return corpora.multi30k(args.raw_dir, args.src, args.tgt)
-    if args.corpus == "text":
-        return corpora.text_corpus(args.train, args.valid, args.test, args.src, args.tgt)
-    iwslt14.check_languages(args.src, args.tgt)  # before a download
-    archive = args.archive or iwslt14.download(args.cache_dir)
-    return iwslt14.Iwslt14(archive, args.src, args.tgt)
+    return build_corpus(
+        args.corpus, args.src, args.tgt, raw_dir=args.raw_dir, archive=args.archive,
+        cache_dir=args.cache_dir, train=args.train, valid=args.valid, test=args.test,
+    )  # fmt: skip
 
 
 def run(args):

@@ -124,7 +124,8 @@ def _chain(args, gpus, port, stage_dirs=None):
         plan.data, plan.prepare = args.data, None
     extra = list(getattr(args, "passthrough", []))
     devices = Devices(gpus=gpus, master_port=port or 29500)
-    return Chain(plan, devices=devices, extra_args=extra, stage_dirs=stage_dirs)
+    # the original scripts show fairseq's own output: so do the recipes
+    return Chain(plan, devices=devices, extra_args=extra, stage_dirs=stage_dirs, verbose=True)
 
 
 def _train(args, pos):

@@ -41,6 +41,15 @@ def read_metadata(data_bin):
         return json.load(f)
 
 
+def is_ready(data_bin):
+    """A finished ``evokd prepare`` folder, or any binarized folder (dictionaries there) that
+    no unfinished preparation is writing."""
+    data_bin = Path(data_bin)
+    if (data_bin / MARKER).exists():
+        return False
+    return (text_dir(data_bin) / METADATA).is_file() or any(data_bin.glob("dict.*.txt"))
+
+
 def binarized_files(data_bin, src, tgt):
     from .folder import subset_files
 

@@ -111,6 +111,38 @@ def _check_count(value, flag, minimum=1):
         raise EvokdError(f"{flag} {value}: expected a whole number >= {minimum}")
 
 
+CORPUS_OPTIONS = ("src", "tgt", "raw_dir", "archive", "cache_dir", "train", "valid", "test")
+PREPARE_OPTIONS = ("vocab_size", "clean", "train_size", "eval_size", "workers", "force")
+
+
+def build_corpus(name, src="de", tgt="en", raw_dir=None, archive=None, cache_dir=None,
+                 train=None, valid=None, test=None):  # fmt: skip
+    """The corpus ``name`` (multi30k, iwslt14 or text); IWSLT14 is downloaded when no
+    ``archive`` is given."""
+    from evokd.data import corpora, iwslt14
+
+    if name == "multi30k":
+        return corpora.multi30k(raw_dir, src, tgt)
+    if name == "text":
+        return corpora.text_corpus(train, valid, test, src, tgt)
+    if name != "iwslt14":
+        raise EvokdError(f"corpus {name!r}: expected multi30k, iwslt14 or text")
+    iwslt14.check_languages(src, tgt)  # before a download
+    return iwslt14.Iwslt14(archive or iwslt14.download(cache_dir), src, tgt)
+
+
+def prepare(name, out, **options):
+    """``evokd prepare NAME --out OUT`` as a function: ``options`` are the flags of that
+    command with underscores (``train_size=5000``). Returns the metadata."""
+    unknown = set(options) - set(CORPUS_OPTIONS) - set(PREPARE_OPTIONS)
+    if unknown:
+        known = ", ".join(CORPUS_OPTIONS + PREPARE_OPTIONS)
+        raise EvokdError(f"prepare: unknown options {sorted(unknown)} (known: {known})")
+    check_out(out, options.get("force", False))
+    corpus = build_corpus(name, **{k: v for k, v in options.items() if k in CORPUS_OPTIONS})
+    return prepare_corpus(corpus, out, **{k: v for k, v in options.items() if k in PREPARE_OPTIONS})
+
+
 def prepare_corpus(
     corpus,
     out,
