@@ -136,3 +136,12 @@ def test_incomplete_cache_index_is_refused(reference_cache, tmp_path):
     (out / "cache.json").write_text(json.dumps(dict(meta, examples=201)))
     with pytest.raises(EvokdError, match="incomplete index"):
         tc.TeacherCache(out)
+
+
+def test_kd_topk_above_the_vocabulary_fails_before_training(data_bin, teacher_ckpt):
+    from tests import utils
+
+    flags = ["--arch", "transformer_evokd_tiny_student", "--task", "evokd_translation"]
+    flags += ["--criterion", "word_kd", "--teacher-path", str(teacher_ckpt)]
+    with pytest.raises(EvokdError, match=r"--kd-topk 100000: larger than the target vocabulary"):
+        utils.build_task_model_criterion(data_bin, flags + ["--kd-topk", "100000"])
