@@ -9,7 +9,7 @@ import pytest
 
 from evokd import cli
 from tests import utils
-from tests.test_chain import MICRO_DIMS
+from tests.test_chain import MICRO_DIMS, chain
 
 TRAIN = {
     "seed": 1, "optimizer": "adam", "lr": 1e-3, "lr-scheduler": "inverse_sqrt",
@@ -35,14 +35,6 @@ def write_plan(root, data, stages, name="teach", **extra):
     path = Path(root) / f"{name}.yaml"
     path.write_text(json.dumps(plan, indent=1))
     return path
-
-
-def chain(root, plan, *extra, check=True):
-    return utils.run(
-        utils.fairseq_script("evokd") + ["chain", "--plan", str(plan), *extra],
-        cwd=root,
-        check=check,
-    )
 
 
 def stage_log(root, run, stage):
