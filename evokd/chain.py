@@ -16,7 +16,6 @@ parsed by fairseq's own training parser, so a typo in a late stage fails at once
 """
 
 import fcntl
-import json
 import logging
 import math
 import os
@@ -200,8 +199,7 @@ class Chain:
         path = self.stage_dir(stage) / STAGE_RECORD
         if not path.is_file():
             return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return steps.read_json(path)
 
     def budget(self, stage):
         return {"max_epoch": stage.max_epoch, "max_update": stage.max_update}
@@ -391,7 +389,7 @@ class Chain:
         if stage.init_from_state == "training":
             record["start_updates"] = self.start_updates(stage)
         if writes:
-            _write_json(folder / STAGE_RECORD, record)
+            steps.write_json(folder / STAGE_RECORD, record)
         logger.debug(
             "stage %s: %s on %s -> %s",
             stage.name,
@@ -414,7 +412,7 @@ class Chain:
         if record.get("start_updates") and record.get("updates") is not None:
             record["updates"] -= record["start_updates"]  # this stage's own updates
         record["wall_seconds"] = record.get("train_seconds") or time.time() - start
-        _write_json(folder / STAGE_RECORD, record)
+        steps.write_json(folder / STAGE_RECORD, record)
         return record
 
     def start_updates(self, stage):
@@ -460,7 +458,7 @@ class Chain:
             "bytes": meta.get("bytes"),
         }
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(record_path, record)
+        steps.write_json(record_path, record)
         self.progress(
             f"  teacher cache {out.name}: done in {_clock(record['seconds'])}, "
             f"{(record['bytes'] or 0) / 2**20:.1f} MiB"
@@ -490,7 +488,7 @@ class Chain:
             distill_data(str(teacher), self.plan.data, str(out), cpu=not self.devices.cuda, **spec)
         record = {"step": "distill", "name": out.name, "teacher": str(teacher)}
         record["seconds"] = time.time() - start
-        _write_json(path, record)
+        steps.write_json(path, record)
         self.progress(f"  sequence-level KD data {out.name}: done in {_clock(record['seconds'])}")
 
     # --- the whole run -----------------------------------------------------------------
@@ -553,8 +551,7 @@ class Chain:
         cache = self.results / "stages" / f"{stage.name}.json"
         stamp = _stamp(checkpoint)
         if cache.is_file():
-            with open(cache, encoding="utf-8") as f:
-                cached = json.load(f)
+            cached = steps.read_json(cache)
             if cached.get("checkpoint_stamp") == stamp:
                 return cached
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -569,7 +566,7 @@ class Chain:
             **args,
         )
         scores["checkpoint_stamp"] = stamp
-        _write_json(cache, scores)
+        steps.write_json(cache, scores)
         found = [f"{name} {scores[key]:.2f}" for key, name in (("bleu", "BLEU"), ("chrf", "chrF"))
                  if isinstance(scores.get(key), (int, float))]  # fmt: skip
         self.progress(
@@ -719,18 +716,9 @@ def report_seeds(plan, rows_per_seed, results):
     return table
 
 
-def markdown_table(rows):
-    from evokd.report import markdown_table as table
-
-    return table(rows)
-
-
 def _stamp(path):
     st = os.stat(path)
     return f"{st.st_size}-{st.st_mtime_ns}"
-
-
-_write_json = steps.write_json
 
 
 def _quiet():

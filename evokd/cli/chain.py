@@ -136,8 +136,9 @@ def print_commands(chain, stages):
 
 
 def run(args):
-    from evokd.chain import markdown_table, report_seeds
+    from evokd.chain import report_seeds
     from evokd.plan import validate
+    from evokd.report import markdown_table
 
     plan = load(args)
     seeds = args.seeds or plan.seeds or [None]

@@ -159,7 +159,7 @@ def _evaluate(args, pos):
         scores = evaluate_checkpoint(args.checkpoint, chain.plan.data, **chain.evaluate_args)
         print(scores)
         return 0
-    from evokd.chain import markdown_table
+    from evokd.report import markdown_table
 
     print(markdown_table(chain.report()))
     print(f"\nresults: {chain.results}/results.md, results.json, results.png")
