@@ -38,3 +38,13 @@ def killed_run(argv, target, n=1, when="after"):
     code, out = utils.run([sys.executable, "-c", SCRIPT, json.dumps(spec)], check=False)
     assert code == -signal.SIGKILL, f"expected a SIGKILL at {target} #{n}, got {code}:\n{out}"
     return out
+
+
+def killed_then_resumed(argv, target, n, when, out, main):
+    """Kill ``evokd ARGV`` at ``target`` #n, check that OUT is complete or absent (a step
+    publishes its output only by renaming it into place, the last of its build steps:
+    ``_remove_build_files`` runs after the rename), then rerun ARGV in-process with ``main``,
+    which must finish (exit 0)."""
+    killed_run(argv, target, n, when)
+    assert out.exists() == target.endswith("_remove_build_files"), out  # complete, or not there
+    assert main([str(a) for a in argv]) == 0

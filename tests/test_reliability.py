@@ -58,10 +58,9 @@ def test_killed_cache_build_resumes_to_the_same_cache(
     data_bin, teacher_ckpt, reference_cache, tmp_path, target, n, when
 ):
     out = tmp_path / "cache"
-    argv = cache_argv(data_bin, teacher_ckpt, out)
-    faults.killed_run(argv, target, n, when)
-    assert out.exists() == (target.endswith("_remove_build_files"))  # complete, or not there
-    assert cli.main([str(a) for a in argv]) == 0
+    faults.killed_then_resumed(
+        cache_argv(data_bin, teacher_ckpt, out), target, n, when, out, cli.main
+    )
     assert not (tmp_path / "cache.partial").exists()
     assert_same_cache(reference_cache, out)
 

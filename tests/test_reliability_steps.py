@@ -89,10 +89,7 @@ def test_killed_distill_data_resumes_to_the_same_dataset(
     data_bin, teacher_ckpt, reference_distilled, tmp_path, target, n, when
 ):
     out = tmp_path / "kd"
-    argv = dd_argv(data_bin, teacher_ckpt, out)
-    faults.killed_run(argv, target, n, when)
-    assert out.exists() == target.endswith("_remove_build_files")  # complete, or not there
-    assert main(argv) == 0
+    faults.killed_then_resumed(dd_argv(data_bin, teacher_ckpt, out), target, n, when, out, main)
     assert_same_distilled(reference_distilled, out)
 
 
