@@ -148,7 +148,8 @@ def run(args):
     import json
     from pathlib import Path
 
-    from evokd.bench_translate import plot, run_bench_translate, table
+    from evokd.bench_translate import run_bench_translate
+    from evokd.bench_translate_report import plot, table
 
     result = run_bench_translate(
         args.teacher,
