@@ -751,7 +751,11 @@ class _Progress:
         kind = "plain"
         if stage.teacher:
             kind = "KD from " + stage.teacher
-            kind += " (cache)" if self.chain.cache_spec(stage) else " (online)"
+            given = {**stage.kd, **stage.flags}.get("teacher-cache")  # a cache built beforehand
+            if given:
+                kind += f" (cache {given})"
+            else:
+                kind += " (cache)" if self.chain.cache_spec(stage) else " (online)"
         if stage.seqkd:
             kind += f", on {stage.seqkd['teacher']}'s translations"
         if stage.init_from:

@@ -196,7 +196,8 @@ def plot_curves(curves, path, metric="bleu", continues=None, title=None):
         source = curves.get(continues.get(name)) or []
         if source:  # join the line to where its source ended
             xs, ys = [source[-1][0]] + xs, [source[-1][1]] + ys
-        ax.plot(xs, ys, marker="o", markersize=3, color=f"C{i % 10}", label=name)
+        style = ("-", "--", ":")[(i // 10) % 3]  # past ten stages the colours repeat
+        ax.plot(xs, ys, style, marker="o", markersize=3, color=f"C{i % 10}", label=name)
         drawn += 1
     if drawn:
         ax.legend(loc="best", fontsize=8)

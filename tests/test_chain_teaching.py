@@ -198,3 +198,27 @@ def test_cpu_controls_repeats_the_cpu_plan():
     assert (controls.train, controls.kd, controls.evaluate) == (cpu.train, cpu.kd, cpu.evaluate)
     assert controls.stages[: len(cpu.stages)] == cpu.stages
     assert len(controls.stages) > len(cpu.stages)
+
+
+def test_progress_line_names_how_the_teacher_is_read(tmp_path):
+    """A stage's progress line says online, the chain's cache, or the cache folder the plan
+    gives (a plan naming its own ``teacher-cache`` is not online KD)."""
+    from types import SimpleNamespace
+
+    from evokd.chain import _Progress
+    from evokd.plan import Stage
+
+    chain = SimpleNamespace(cache_spec=lambda s: {"topk": 8} if s.name == "c" else None,
+                            stage_dir=lambda s: tmp_path / s.name)  # fmt: skip
+    progress = _Progress(chain, [])
+    kd = dict(arch="a", teacher="t.pt", max_epoch=2)
+    lines = [
+        progress.describe(Stage(name="o", **kd)),
+        progress.describe(Stage(name="c", **kd)),
+        progress.describe(Stage(name="g", flags={"teacher-cache": "cache/t_top8"}, **kd)),
+    ]
+    assert lines == [
+        "training, 2 epochs, KD from t.pt (online)",
+        "training, 2 epochs, KD from t.pt (cache)",
+        "training, 2 epochs, KD from t.pt (cache cache/t_top8)",
+    ]
