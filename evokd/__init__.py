@@ -3,7 +3,7 @@
 Importing the package (``fairseq-train --user-dir evokd`` does) registers the
 ``evokd_translation`` task, the ``word_kd`` criterion and the ``transformer_evokd_*``
 architectures, and lets torch >= 2.6 load fairseq checkpoints (see
-:mod:`evokd.checkpoint`).
+:mod:`evokd.core.checkpoint`).
 """
 
 import logging
@@ -11,7 +11,7 @@ import logging
 # fairseq logs an INFO line about tensorboardX on import; it concerns speech tasks only.
 logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 
-from .checkpoint import register_safe_globals  # noqa: E402
+from .core.checkpoint import register_safe_globals  # noqa: E402
 
 register_safe_globals()
 

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from evokd.checkpoint import register_safe_globals
+from evokd.core.checkpoint import register_safe_globals
 
 TORCHRUN_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
 

@@ -307,7 +307,7 @@ SHIPPED_PLANS = sorted((REPO / "evokd" / "plans").glob("*.yaml")) + sorted(
 def test_shipped_plans_are_valid(path):
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    from evokd.plan import load_plan, ordered, validate
+    from evokd.chain.plan import load_plan, ordered, validate
 
     plan = load_plan(str(path))
     assert sorted(s.name for s in ordered(plan)) == sorted(plan.stage_names)

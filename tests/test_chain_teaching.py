@@ -191,7 +191,7 @@ def test_bad_cache_spec_names_the_stage(micro_data, tmp_path):
 def test_cpu_controls_repeats_the_cpu_plan():
     """cpu_controls runs in the cpu plan's folders after it: its first stages must be the
     cpu plan's, with the same data and flags, or it would retrain (or refuse) them."""
-    from evokd.plan import load_plan
+    from evokd.chain.plan import load_plan
 
     cpu, controls = load_plan("cpu"), load_plan("cpu_controls")
     assert controls.name == cpu.name and controls.data == cpu.data
@@ -205,8 +205,8 @@ def test_progress_line_names_how_the_teacher_is_read(tmp_path):
     gives (a plan naming its own ``teacher-cache`` is not online KD)."""
     from types import SimpleNamespace
 
-    from evokd.chain import _Progress
-    from evokd.plan import Stage
+    from evokd.chain.plan import Stage
+    from evokd.chain.runner import _Progress
 
     chain = SimpleNamespace(cache_spec=lambda s: {"topk": 8} if s.name == "c" else None,
                             stage_dir=lambda s: tmp_path / s.name)  # fmt: skip

@@ -7,8 +7,9 @@ import shutil
 import pytest
 import torch
 
-from evokd import cli, steps
-from evokd import distill_data as dd
+from evokd import cli
+from evokd import files as steps
+from evokd.distill import seqkd as dd
 from evokd.errors import EvokdError
 from tests import utils
 

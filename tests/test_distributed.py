@@ -3,7 +3,7 @@
 import math
 import socket
 
-from evokd.checkpoint import load_checkpoint
+from evokd.core.checkpoint import load_checkpoint
 from tests import utils
 
 

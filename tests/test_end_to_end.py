@@ -2,7 +2,7 @@
 
 import re
 
-from evokd.checkpoint import load_checkpoint
+from evokd.core.checkpoint import load_checkpoint
 from tests import utils
 
 

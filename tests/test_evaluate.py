@@ -10,10 +10,10 @@ import torch
 from sacremoses import MosesDetokenizer
 
 from evokd import cli
-from evokd.averaging import AVERAGED_KEY, average_last_checkpoints
+from evokd.chain.report import markdown_table, write_report
 from evokd.errors import EvokdError
-from evokd.evaluate import evaluate_checkpoint
-from evokd.report import markdown_table, write_report
+from evokd.evaluation.averaging import AVERAGED_KEY, average_last_checkpoints
+from evokd.evaluation.evaluate import evaluate_checkpoint
 from tests import utils
 
 # Tiny models trained for an epoch or two repeat one word until --max-len-b: keep it short.
@@ -77,7 +77,7 @@ def test_outputs_are_the_files(averaged_result, data_bin):
 def test_tokenized_bleu_is_fairseq_generates_bleu4(evokd_main, averaged_result, data_bin, tmp_path):
     """Stock fairseq-generate scores its own output with its BLEU4 (token ids, no smoothing)
     against the T- references: evokd evaluate's tokenized BLEU must be the same number."""
-    from evokd.distill_data import distill_data
+    from evokd.distill.seqkd import distill_data
 
     # A tiny model matches no 4-gram of the real references (fairseq's BLEU4 is then 0,
     # sacrebleu's smoothed): the test set holds the real pairs, then the same sources with

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from evokd import cli
-from evokd.checkpoint import register_safe_globals
+from evokd.core.checkpoint import register_safe_globals
 from evokd.data import remove_bpe
+from evokd.deploy.export import EXPORT_INFO, MODEL_FILE, export_ct2
 from evokd.errors import EvokdError
-from evokd.export import EXPORT_INFO, MODEL_FILE, export_ct2
 from tests import utils
 
 # Models trained for an epoch repeat a word until the length limit: keep it short.

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from evokd import bench_translate, cli
+from evokd import cli
+from evokd.deploy import bench_translate
 from evokd.errors import EvokdError
 from tests import utils
 
@@ -34,7 +35,7 @@ N_TEST = 30
 def _build(data, arch, extra=()):
     from fairseq import tasks
 
-    from evokd.runtime import parse_config
+    from evokd.core.runtime import parse_config
 
     cfg = parse_config([data, "--user-dir", utils.EVOKD_DIR, "--arch", arch, *extra])
     task = tasks.setup_task(cfg.task)
@@ -178,7 +179,7 @@ def test_bench_reports_throughput_latency_and_files(greedy):
 
 def test_fixed_length_outputs_have_the_reference_lengths(prepared, models):
     """Both engines, beam 5 and greedy, every batch of the plan: exactly L tokens."""
-    from evokd.export import export_ct2
+    from evokd.deploy.export import export_ct2
 
     run = bench_translate._Run(prepared, "test", "de", "en", batch_size=8, max_len=MAX_LEN,
                                threads=1, device="cpu")  # fmt: skip

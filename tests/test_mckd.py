@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from evokd import distill_data as dd
-from evokd import mckd
-from evokd.chain import Chain, Devices
+from evokd.chain.runner import Chain, Devices
+from evokd.distill import seqkd as dd
 from evokd.errors import EvokdError
+from evokd.methods.mckd import relabel as mckd
 from tests import utils
 
 ARCH = "transformer_evokd_tiny_student"

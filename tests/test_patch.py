@@ -10,9 +10,9 @@ import torch
 
 from evokd import cli
 from evokd.errors import EvokdError
-from evokd.patch import analogy, build, feedback, retrieve, run_patch, translate
-from evokd.patch import select as selection
-from evokd.patch.workspace import append_jsonl, read_jsonl
+from evokd.methods.patch import analogy, build, feedback, retrieve, run_patch, translate
+from evokd.methods.patch import select as selection
+from evokd.methods.patch.workspace import append_jsonl, read_jsonl
 from tests import utils
 
 # Tiny models repeat one word until the length limit: keep hypotheses short.
@@ -313,7 +313,7 @@ def test_patched_student_is_trained_and_evaluated(patched, student_ckpt):
 def test_rerun_skips_finished_steps(patched, caplog):
     out, stats = patched
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    with caplog.at_level("INFO", logger="evokd.patch.pipeline"):
+    with caplog.at_level("INFO", logger="evokd.methods.patch.pipeline"):
         again = run_patch(out=out, synth_n=2, plan=str(out.parent / "plan.yaml"), max_epoch=1,
                           **FAST)  # fmt: skip
     assert again == stats

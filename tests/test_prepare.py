@@ -9,8 +9,9 @@ import tarfile
 import pytest
 
 from evokd.cli import main
-from evokd.data import bpe, corpora, iwslt14, steps
+from evokd.data import bpe, corpora, iwslt14
 from evokd.data import prepare as prep
+from evokd.data import prepare_steps as steps
 from evokd.data.moses import CleanConfig, Cleaner, Tokenizer
 from evokd.errors import EvokdError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evokd import cli
-from evokd import teacher_cache as tc
+from evokd.distill import cache as tc
 from evokd.errors import EvokdError
 from tests import faults
 
@@ -45,11 +45,11 @@ def assert_same_cache(a, b):
 
 
 KILL_POINTS = [
-    ("evokd.teacher_cache:write_chunk", 1, "after"),  # after the first chunk is written
-    ("evokd.teacher_cache:write_chunk", 3, "after"),
-    ("evokd.steps:publish", 2, "before"),  # in the middle of a chunk: its files half there
-    ("evokd.steps:check_complete", 1, "before"),  # during the final merge
-    ("evokd.teacher_cache:_remove_build_files", 1, "before"),  # right after the rename
+    ("evokd.distill.cache:write_chunk", 1, "after"),  # after the first chunk is written
+    ("evokd.distill.cache:write_chunk", 3, "after"),
+    ("evokd.files:publish", 2, "before"),  # in the middle of a chunk: its files half there
+    ("evokd.files:check_complete", 1, "before"),  # during the final merge
+    ("evokd.distill.cache:_remove_build_files", 1, "before"),  # right after the rename
 ]
 
 
@@ -68,8 +68,8 @@ def test_killed_cache_build_resumes_to_the_same_cache(
 def test_twice_killed_cache_build(data_bin, teacher_ckpt, reference_cache, tmp_path):
     out = tmp_path / "cache"
     argv = cache_argv(data_bin, teacher_ckpt, out)
-    faults.killed_run(argv, "evokd.teacher_cache:write_chunk", 2)
-    faults.killed_run(argv, "evokd.steps:publish", 2, "before")
+    faults.killed_run(argv, "evokd.distill.cache:write_chunk", 2)
+    faults.killed_run(argv, "evokd.files:publish", 2, "before")
     assert cli.main([str(a) for a in argv]) == 0
     assert_same_cache(reference_cache, out)
 
@@ -85,7 +85,7 @@ def test_two_process_cache_equals_one_process(data_bin, teacher_ckpt, reference_
 def test_resume_with_another_chunk_size_is_refused(data_bin, teacher_ckpt, tmp_path):
     out = tmp_path / "cache"
     argv = cache_argv(data_bin, teacher_ckpt, out)
-    faults.killed_run(argv, "evokd.teacher_cache:write_chunk", 1)
+    faults.killed_run(argv, "evokd.distill.cache:write_chunk", 1)
     before = sorted(p.name for p in (tmp_path / "cache.partial").iterdir())
     with pytest.raises(EvokdError, match=r"cache.partial: made with other settings .*chunk_size"):
         tc.build_cache(
@@ -97,7 +97,7 @@ def test_resume_with_another_chunk_size_is_refused(data_bin, teacher_ckpt, tmp_p
 def test_finished_chunk_of_another_plan_is_refused(data_bin, teacher_ckpt, tmp_path):
     out = tmp_path / "cache"
     argv = cache_argv(data_bin, teacher_ckpt, out)
-    faults.killed_run(argv, "evokd.teacher_cache:write_chunk", 1)
+    faults.killed_run(argv, "evokd.distill.cache:write_chunk", 1)
     ids = tmp_path / "cache.partial" / "chunk00000" / "ids.npy"
     np.save(ids, np.load(ids)[::-1] + 1)  # as an older, shuffled plan would have cut it
     with pytest.raises(EvokdError, match="chunk00000 holds other examples than the build plan"):

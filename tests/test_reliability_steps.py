@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evokd import cli, mckd, steps
-from evokd import distill_data as dd
+from evokd import cli
+from evokd import files as steps
+from evokd.distill import seqkd as dd
 from evokd.errors import EvokdError
-from evokd.patch import parts
+from evokd.methods.mckd import relabel as mckd
+from evokd.methods.patch import parts
 from tests import faults, utils
 
 DECODING = ["--beam", "2", "--max-len-a", "0", "--max-len-b", "6", "--max-tokens", "300"]
@@ -77,10 +79,10 @@ def assert_same_distilled(a, b):
 
 
 DD_KILL_POINTS = [
-    ("evokd.distill_data:write_chunk", 1, "after"),  # after the first chunk is written
-    ("evokd.steps:publish", 3, "before"),  # in the middle of chunk 3: written, not renamed
-    ("evokd.distill_data:write_subset", 1, "after"),  # during the final merge, before the rename
-    ("evokd.distill_data:_remove_build_files", 1, "before"),  # right after the rename
+    ("evokd.distill.seqkd:write_chunk", 1, "after"),  # after the first chunk is written
+    ("evokd.files:publish", 3, "before"),  # in the middle of chunk 3: written, not renamed
+    ("evokd.distill.seqkd:write_subset", 1, "after"),  # during the final merge, before the rename
+    ("evokd.distill.seqkd:_remove_build_files", 1, "before"),  # right after the rename
 ]
 
 
@@ -96,8 +98,8 @@ def test_killed_distill_data_resumes_to_the_same_dataset(
 def test_twice_killed_distill_data(data_bin, teacher_ckpt, reference_distilled, tmp_path):
     out = tmp_path / "kd"
     argv = dd_argv(data_bin, teacher_ckpt, out)
-    faults.killed_run(argv, "evokd.distill_data:write_chunk", 2)
-    faults.killed_run(argv, "evokd.steps:publish", 2, "before")  # chunk 4 half there
+    faults.killed_run(argv, "evokd.distill.seqkd:write_chunk", 2)
+    faults.killed_run(argv, "evokd.files:publish", 2, "before")  # chunk 4 half there
     assert len(list((tmp_path / "kd.partial" / dd.CHUNKS).glob("*.npz"))) == 3
     assert main(argv) == 0
     assert_same_distilled(reference_distilled, out)
@@ -114,7 +116,7 @@ def test_two_process_distill_data_equals_one_process(
 def test_the_plan_does_not_depend_on_the_global_rng(data_bin, teacher_ckpt):
     """fairseq's ordered_indices() shuffles ties with numpy's RNG: under the fixed seed the
     batches are the same whatever state the global RNG is in."""
-    from evokd.inference import Translator
+    from evokd.core.inference import Translator
 
     translator = Translator(teacher_ckpt, data_bin, "train", {"beam": 2}, dd.choose_device(True))
     plans = []
@@ -244,11 +246,15 @@ def assert_same_translations(a, b):
 
 
 PATCH_KILL_POINTS = [
-    ("evokd.patch.parts:write_part", 1, "after"),  # after the first part is written
-    ("evokd.steps:publish", 2, "before"),  # in the middle of part 2: written, not renamed
-    ("evokd.patch.parts:_remove_parts", 1, "before"),  # during the merge: the file written,
+    ("evokd.methods.patch.parts:write_part", 1, "after"),  # after the first part is written
+    ("evokd.files:publish", 2, "before"),  # in the middle of part 2: written, not renamed
+    ("evokd.methods.patch.parts:_remove_parts", 1, "before"),  # during the merge: the file written,
     # its parts still there
-    ("evokd.patch.parts:merge_parts", 1, "after"),  # merged, the step not yet recorded finished
+    (
+        "evokd.methods.patch.parts:merge_parts",
+        1,
+        "after",
+    ),  # merged, the step not yet recorded finished
 ]
 
 
@@ -349,17 +355,17 @@ def test_killed_mckd_relabelling_resumes_to_the_same_labels(
     argv = mckd_argv(data_bin, teacher_ckpt, out, plan)
     # The teacher's labels: killed after its chunk is written, then in the split (half A
     # written, not renamed; publish #1 is the teacher's dataset).
-    faults.killed_run(argv, "evokd.distill_data:write_chunk", 1)
+    faults.killed_run(argv, "evokd.distill.seqkd:write_chunk", 1)
     assert not (labels / "teacher").exists() and (labels / "teacher.partial").is_dir()
-    faults.killed_run(argv, "evokd.steps:publish", 2, "before")
+    faults.killed_run(argv, "evokd.files:publish", 2, "before")
     assert (labels / "teacher").is_dir() and (labels / "stage1" / "A.partial").is_dir()
     assert not (labels / "stage1" / "A").exists()
     # Both students trained, then killed while B_1 relabels half A (its chunk written).
-    faults.killed_run(argv, "evokd.distill_data:write_chunk", 1)
+    faults.killed_run(argv, "evokd.distill.seqkd:write_chunk", 1)
     assert (labels / "stage2" / "A.partial").is_dir()
     # Killed in the merge: half A's labels finished (#1), half B's chunk and dataset (#2, #3),
     # the merged folder written, not renamed (#4).
-    faults.killed_run(argv, "evokd.steps:publish", 4, "before")
+    faults.killed_run(argv, "evokd.files:publish", 4, "before")
     assert (labels / "final.partial").is_dir() and not (labels / "final").exists()
     assert main(argv) == 0
     assert not list(out.rglob("*.partial"))

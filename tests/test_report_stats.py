@@ -11,9 +11,10 @@ import pytest
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
-from evokd import curves, seeds, significance
-from evokd.evaluate import evaluate_checkpoint, score
-from evokd.report import markdown_table, seeds_table, significance_table, write_report
+from evokd.chain import curves, seeds
+from evokd.chain.report import markdown_table, seeds_table, significance_table, write_report
+from evokd.evaluation import significance
+from evokd.evaluation.evaluate import evaluate_checkpoint, score
 from tests import utils
 
 WORDS = "a man in a red shirt is riding a horse on the beach while two dogs play".split()

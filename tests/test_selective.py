@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from evokd.criterions.selective import TokenSelector, threshold
 from evokd.criterions.word_kd import WordKDCriterion, word_kd_loss
 from evokd.errors import EvokdError
-from evokd.selective import TokenSelector, threshold
-from evokd.teacher import TeacherOutput
+from evokd.teachers.live import TeacherOutput
 from tests import utils
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from fairseq import optim
 
-from evokd.checkpoint import CheckpointError, load_checkpoint
+from evokd.core.checkpoint import CheckpointError, load_checkpoint
 from evokd.errors import EvokdError
 from tests import utils
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evokd import cli
-from evokd import teacher_cache as tc
+from evokd.distill import cache as tc
 from evokd.errors import EvokdError
 from tests import utils
 

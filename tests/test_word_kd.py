@@ -9,7 +9,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 
 from evokd.criterions.word_kd import WordKDCriterion, kd_divergence, word_kd_loss
 from evokd.errors import EvokdError
-from evokd.teacher import TeacherOutput
+from evokd.teachers.live import TeacherOutput
 from tests import utils
 
 # ---------------------------------------------------------------------------------------

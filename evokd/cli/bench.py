@@ -30,7 +30,7 @@ def add_arguments(parser):
 def run(args):
     import json
 
-    from evokd.bench import run_bench, table
+    from evokd.deploy.bench import run_bench, table
     from evokd.errors import EvokdError
 
     for flag in ("updates", "max_tokens", "topk"):

@@ -148,8 +148,8 @@ def run(args):
     import json
     from pathlib import Path
 
-    from evokd.bench_translate import run_bench_translate
-    from evokd.bench_translate_report import plot, table
+    from evokd.deploy.bench_translate import run_bench_translate
+    from evokd.deploy.bench_translate_report import plot, table
 
     result = run_bench_translate(
         args.teacher,

@@ -48,7 +48,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from evokd.teacher_cache import build_cache
+    from evokd.distill.cache import build_cache
 
     meta = build_cache(
         args.teacher,

@@ -90,7 +90,7 @@ def _progress(line):
 
 
 def build_chain(args, plan, seed=None):
-    from evokd.chain import Chain, Devices
+    from evokd.chain.runner import Chain, Devices
 
     extra = list(getattr(args, "passthrough", []))
     devices = Devices(gpus=args.gpus, master_port=args.master_port)
@@ -115,7 +115,7 @@ def build_chain(args, plan, seed=None):
 
 
 def load(args):
-    from evokd.plan import load_plan
+    from evokd.chain.plan import load_plan
 
     plan = load_plan(args.plan)
     if args.data:
@@ -126,7 +126,7 @@ def load(args):
 def print_commands(chain, stages):
     import shlex
 
-    from evokd.plan import ordered
+    from evokd.chain.plan import ordered
 
     for stage in ordered(chain.plan):
         if not stages or stage.name in stages:
@@ -136,9 +136,9 @@ def print_commands(chain, stages):
 
 
 def run(args):
-    from evokd.chain import report_seeds
-    from evokd.plan import validate
-    from evokd.report import markdown_table
+    from evokd.chain.plan import validate
+    from evokd.chain.report import markdown_table
+    from evokd.chain.runner import report_seeds
 
     plan = load(args)
     seeds = args.seeds or plan.seeds or [None]

@@ -52,7 +52,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from evokd.distill_data import distill_data
+    from evokd.distill.seqkd import distill_data
 
     info = distill_data(
         args.teacher,

@@ -94,7 +94,7 @@ def summary(result):
 
 
 def run(args):
-    from evokd.evaluate import evaluate_checkpoint
+    from evokd.evaluation.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint,

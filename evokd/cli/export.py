@@ -20,7 +20,7 @@ examples:
       --quantization float32 --force
 """
 
-from evokd.export import QUANTIZATIONS
+from evokd.deploy.export import QUANTIZATIONS
 
 
 def add_arguments(parser):
@@ -52,7 +52,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from evokd.export import export_ct2
+    from evokd.deploy.export import export_ct2
 
     info = export_ct2(
         args.checkpoint,

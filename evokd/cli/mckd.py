@@ -90,10 +90,10 @@ def default_epochs(plan):
 
 
 def run(args):
-    from evokd.chain import Devices
-    from evokd.mckd import run_mckd
-    from evokd.mckd_report import markdown
-    from evokd.plan import load_plan
+    from evokd.chain.plan import load_plan
+    from evokd.chain.runner import Devices
+    from evokd.methods.mckd.relabel import run_mckd
+    from evokd.methods.mckd.report import markdown
 
     plan = load_plan(args.plan)
     report = run_mckd(

@@ -27,7 +27,7 @@ DATA's training text: DATA must then be a folder made by `evokd prepare`.
 """
 
 from evokd.cli import add_decoding_arguments
-from evokd.patch import FILES, STEPS
+from evokd.methods.patch import FILES, STEPS
 
 __doc__ += (
     FILES
@@ -113,7 +113,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from evokd.patch import run_patch
+    from evokd.methods.patch import run_patch
 
     stats = run_patch(
         args.student,

@@ -116,8 +116,8 @@ def _paths_from_here(args):
 
 
 def _chain(args, gpus, port, stage_dirs=None):
-    from evokd.chain import Chain, Devices
-    from evokd.plan import load_plan
+    from evokd.chain.plan import load_plan
+    from evokd.chain.runner import Chain, Devices
 
     plan = load_plan(args.preset)
     if args.data:
@@ -154,12 +154,12 @@ def _evaluate(args, pos):
     if args.average_last:
         chain.evaluate_args["average_last"] = args.average_last
     if args.checkpoint:
-        from evokd.evaluate import evaluate_checkpoint
+        from evokd.evaluation.evaluate import evaluate_checkpoint
 
         scores = evaluate_checkpoint(args.checkpoint, chain.plan.data, **chain.evaluate_args)
         print(scores)
         return 0
-    from evokd.report import markdown_table
+    from evokd.chain.report import markdown_table
 
     print(markdown_table(chain.report()))
     print(f"\nresults: {chain.results}/results.md, results.json, results.png")

@@ -14,8 +14,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
+from evokd.criterions.selective import TokenSelector
 from evokd.errors import EvokdError
-from evokd.selective import TokenSelector
 
 KD_LOSSES = ChoiceEnum(["forward_kl", "reverse_kl", "jsd"])
 KD_SELECTIONS = ChoiceEnum(["none", "batch", "global"])
@@ -94,7 +94,7 @@ def word_kd_loss(student_lprobs, teacher, kind, temperature=1.0, topk=0):
     """Per-position KD divergence (N) for flattened positions.
 
     student_lprobs: N x V log-probabilities at temperature 1. teacher: a
-    :class:`~evokd.teacher.TeacherOutput` flattened to N positions. Both sides are
+    :class:`~evokd.teachers.live.TeacherOutput` flattened to N positions. Both sides are
     re-normalised at ``temperature``; with ``topk`` > 0 the teacher keeps its top K.
     """
     student_t = student_lprobs
@@ -126,7 +126,7 @@ class WordKDCriterion(LabelSmoothedCrossEntropyCriterion):
     ``(1 - alpha) * label_smoothed_nll + alpha * T^2 * D(p_teacher^T, p_student^T)`` per
     target token, padding masked, summed over tokens (Hinton et al., 2015; Kim and Rush,
     2016), as used by Evolving KD (arXiv 2605.09924) with alpha 0.5 and T 1. The teacher's
-    predictions arrive in ``sample["teacher"]`` (a :class:`~evokd.teacher.TeacherOutput`),
+    predictions arrive in ``sample["teacher"]`` (a :class:`~evokd.teachers.live.TeacherOutput`),
     attached by the ``evokd_translation`` task on training batches only, so validation
     reports the student's own label-smoothed loss and NLL.
     """

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from evokd.checkpoint import CheckpointError
+from evokd.core.checkpoint import CheckpointError
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def write_subset(data, dest, subset, pair, columns, skip=()):
 def write_folder(data, dest, subset, pair, columns, extra=None, skip=()):
     """The folder ``dest``: :func:`write_subset` and the text files ``extra`` (name -> text),
     built in ``dest.partial`` and renamed, so it appears complete or not at all."""
-    from evokd import steps
+    from evokd import files as steps
 
     partial = steps.partial_path(dest)
     if partial.exists():  # an interrupted write: cheap to redo

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from evokd.errors import EvokdError
 
-from . import bpe, steps
+from . import bpe
+from . import prepare_steps as steps
 from .corpora import SPLITS
 from .layout import (  # noqa: F401  (the public helpers live here too)
     MARKER,

@@ -7,9 +7,9 @@ from typing import Optional
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from evokd.checkpoint import check_exists, copy_weights
-from evokd.teacher import LiveTeacher
-from evokd.teacher_cache import TeacherCache
+from evokd.core.checkpoint import check_exists, copy_weights
+from evokd.distill.cache import TeacherCache
+from evokd.teachers.live import LiveTeacher
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,351 @@
+"""Collaborative multi-stage relabelling, after MCKD (Zhao et al., "Multistage Collaborative
+Knowledge Distillation from a Large Language Model for Semi-Supervised Sequence
+Generation", ACL 2024), with a fairseq teacher and fairseq students.
+
+The teacher's translations of the training source are the first pseudo-labels. The pool is
+split in two halves by a seeded permutation of the example ids. At every stage k two fresh
+students are trained from scratch, A_k on half A's labels and B_k on half B's, and each
+relabels the half it has not seen: B_k translates A's sources, A_k translates B's. Those
+translations are the labels of stage k + 1. After K stages a final student trains on both
+halves with their last labels. Every student is a chain stage (stock fairseq-train,
+``checkpoint_best.pt`` chosen on the real validation set); every relabelling is
+:func:`evokd.distill.seqkd.distill_data`, which survives kills and resumes to the same labels.
+Each step's output appears complete or not at all, and a rerun skips the finished ones; a
+folder one step reads is counted first (a half or a relabelled folder with more or fewer
+pairs than its ids is refused). A rerun of a finished run with the same settings runs no
+step and writes the report again; with other settings it is refused, naming them::
+
+    DIR/mckd_settings.json          the settings DIR was made with; a rerun must match them
+    DIR/labels/teacher/             distill_data(teacher, DATA): the n pairs, teacher labels
+    DIR/split.json                  seed, n, and the ids of half A and of half B, in order
+    DIR/labels/stage1/{A,B}/        one binarized folder per half: train = the half's sources
+                                    and labels; valid/test and dictionaries copied from DATA;
+                                    mckd_ids.txt: line j holds the original id of pair j
+    DIR/labels/stage{k+1}/A/        distill_data(B_k, labels/stage{k}/A): B_k's labels of A
+    DIR/labels/stage{k+1}/B/        distill_data(A_k, labels/stage{k}/B): A_k's labels of B
+    DIR/labels/stage{k}/scores.json those labels scored against the training references
+    DIR/labels/final/               all n pairs in their original order, the last labels
+    DIR/checkpoints/mckd/STAGE/     student_A1, student_B1, ..., final_student
+    DIR/results/mckd/stages/        the final student's test scores (fairseq-generate)
+    DIR/mckd.json, DIR/mckd.md      the report
+
+How the labels are scored, and the report: :mod:`evokd.methods.mckd.report`.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from evokd import files as steps
+from evokd.chain.plan import Plan, Stage
+from evokd.chain.runner import Chain, Devices
+from evokd.core.checkpoint import check_exists, load_checkpoint
+from evokd.core.inference import DECODING
+from evokd.data.folder import language_pair, languages, load_side, subset_size, write_folder
+from evokd.distill.cache import data_fingerprint
+from evokd.distill.seqkd import META as DISTILLED
+from evokd.distill.seqkd import distill_data, open_distilled
+from evokd.errors import EvokdError, check_number
+from evokd.methods.mckd import report as mckd_report
+from evokd.methods.mckd.report import FORMAT, HALVES
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = "mckd_settings.json"
+IDS = "mckd_ids.txt"  # in every half folder: the original id of each of its pairs
+MERGED = "merge.json"
+RUN = "mckd"  # the chain run: DIR/checkpoints/mckd/STAGE
+
+
+def split_ids(n, seed):
+    """Half A: the first ceil(n / 2) ids of a seeded permutation of range(n); B: the rest."""
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    cut = math.ceil(n / 2)
+    return order[:cut], order[cut:]
+
+
+class Relabelling:
+    """One MCKD run in ``out``: its folders, its steps and its report (see the module doc)."""
+
+    def __init__(self, out, settings, devices, extra_args=()):
+        self.out = Path(os.path.abspath(out))  # the chain records its stages' data by path
+        self.settings, self.devices, self.extra_args = settings, devices, list(extra_args)
+        self.teacher, self.data = settings["teacher"], Path(settings["data"])
+        self.src, self.tgt, self.pair = (
+            settings[k] for k in ("source_lang", "target_lang", "pair")
+        )
+        self.records = []  # one per step: name, output, seconds, ran now
+
+    # --- where things are --------------------------------------------------------------
+
+    def labels(self, k, half=None):
+        folder = self.out / "labels" / (f"stage{k}" if isinstance(k, int) else k)
+        return folder / half if half else folder
+
+    def student(self, name, data):
+        s = self.settings
+        flags = {"seed": s["seed"]}
+        return Stage(name, s["arch"], max_epoch=s["max_epoch"], flags=flags, data=str(data))
+
+    def chain(self, stages):
+        plan = Plan(
+            name=RUN,
+            data=str(self.data),
+            stages=stages,
+            train=dict(self.settings["train_flags"]),
+            evaluate=dict(self.settings["evaluate"]),
+        )
+        return Chain(
+            plan,
+            run_name=RUN,
+            checkpoints=self.out / "checkpoints",
+            results=self.out / "results",
+            devices=self.devices,
+            extra_args=self.extra_args,
+        )
+
+    # --- the steps ---------------------------------------------------------------------
+
+    def _step(self, name, output, done, work, seconds):
+        """Run ``work()`` unless ``done()``; record the step and its (recorded) wall time."""
+        ran = not done()
+        if ran:
+            logger.info("mckd: %s -> %s", name, output)
+            work()
+        else:
+            logger.info("mckd: %s: finished earlier, skipped", name)
+        self.records.append(
+            {"step": name, "output": str(output), "seconds": seconds(), "ran_now": ran}
+        )
+
+    def relabel(self, name, model, data, out):
+        meta = Path(out) / DISTILLED
+        s = self.settings
+
+        def work():
+            distill_data(
+                str(model), str(data), str(out), beam=s["beam"], lenpen=s["lenpen"],
+                max_len_a=s["max_len_a"],
+                max_len_b=s["max_len_b"], max_tokens=s["max_tokens"],
+                cpu=not self.devices.cuda, processes=self.devices.procs if self.devices.cuda else 1,
+            )  # fmt: skip
+
+        self._step(name, out, meta.is_file, work, lambda: steps.read_json(meta)["wall_seconds"])
+        info = open_distilled(out, "mckd:")  # counted: every pair relabelled, once
+        steps.check_count(f"mckd: {out}", info["examples"], _pairs(data, self.pair, self.src))
+
+    def train(self, stages):
+        """Train ``stages`` as chain stages (a finished one is skipped); returns the chain."""
+        chain = self.chain(stages)
+        for stage in stages:
+            self._step(
+                f"train {stage.name}",
+                chain.stage_dir(stage),
+                lambda stage=stage: chain.is_finished(stage),
+                lambda stage=stage: chain.run(only=[stage.name], evaluate=False),
+                lambda stage=stage: chain.record(stage)["wall_seconds"],
+            )
+        return chain
+
+    def write_folder(self, dest, sources, targets, extra):
+        """``dest``: DATA's files (dictionaries, valid, test, ...) with a new train subset."""
+        columns = {self.src: sources, self.tgt: targets}
+        skip = {DISTILLED, IDS, MERGED}
+        write_folder(self.data, dest, "train", self.pair, columns, extra, skip)
+
+    def check_half(self, k, half, ids):
+        """Fail unless the half folder holds exactly the pairs ``ids``, in that order."""
+        folder = self.labels(k, half)
+        recorded = [int(i) for i in (folder / IDS).read_text(encoding="utf-8").split()]
+        if recorded != list(ids):
+            raise EvokdError(
+                f"mckd: {folder / IDS}: other ids than split.json gives half {half}; remove "
+                f"{folder} to rebuild it"
+            )
+        steps.check_count(f"mckd: {folder}", _pairs(folder, self.pair, self.tgt), len(ids))
+
+    def split(self, n):
+        """The stage-1 halves (the teacher's labels), then split.json with their ids."""
+        path, seed = self.out / "split.json", self.settings["seed"]
+        ids = dict(zip(HALVES, split_ids(n, seed)))
+        steps.check_complete(str(path), ids["A"] + ids["B"], n)
+
+        def work():
+            start = time.perf_counter()
+            teacher = self.labels("teacher")
+            sources = load_side(teacher, "train", self.pair, self.src)
+            targets = load_side(teacher, "train", self.pair, self.tgt)
+            for half in HALVES:
+                if self.labels(1, half).is_dir():  # written completely or not at all
+                    continue
+                mine = ids[half]
+                self.write_folder(
+                    self.labels(1, half),
+                    (sources[i] for i in mine),
+                    (targets[i] for i in mine),
+                    {IDS: "".join(f"{i}\n" for i in mine)},
+                )
+            seconds = round(time.perf_counter() - start, 2)
+            steps.write_json(path, {"seed": seed, "n": n, **ids, "seconds": seconds})
+
+        seconds = lambda: steps.read_json(path)["seconds"]  # noqa: E731
+        self._step("split in halves", path, path.is_file, work, seconds)
+        recorded = steps.read_json(path)
+        if {h: recorded[h] for h in HALVES} != ids:
+            raise EvokdError(f"mckd: {path}: other halves than seed {seed} gives; remove it")
+        for half in HALVES:
+            self.check_half(1, half, ids[half])
+        return ids
+
+    def merge(self, k, ids):
+        """labels/final: the n pairs in their original order, labels of stage ``k``."""
+        dest = self.labels("final")
+
+        def work():
+            start = time.perf_counter()
+            n = sum(len(v) for v in ids.values())
+            steps.check_complete(f"mckd: {self.out / 'split.json'}", ids["A"] + ids["B"], n)
+            sources, targets = [None] * n, [None] * n
+            for half in HALVES:
+                self.check_half(k, half, ids[half])
+                folder = self.labels(k, half)
+                src, tgt = (
+                    load_side(folder, "train", self.pair, lang) for lang in (self.src, self.tgt)
+                )
+                for j, i in enumerate(ids[half]):
+                    sources[i], targets[i] = src[j], tgt[j]
+            info = {"labels": {h: str(self.labels(k, h)) for h in HALVES}, "pairs": n}
+            info["seconds"] = round(time.perf_counter() - start, 2)
+            self.write_folder(dest, sources, targets, {MERGED: json.dumps(info, indent=2)})
+
+        seconds = lambda: steps.read_json(dest / MERGED)["seconds"]  # noqa: E731
+        self._step("merge the halves", dest, dest.is_dir, work, seconds)
+        n = sum(len(v) for v in ids.values())
+        steps.check_count(f"mckd: {dest}", _pairs(dest, self.pair, self.tgt), n)
+
+    # --- the whole run -----------------------------------------------------------------
+
+    def run(self, n, evaluate=True):
+        start, stages = time.perf_counter(), self.settings["stages"]
+        self.relabel("teacher labels", self.teacher, self.data, self.labels("teacher"))
+        ids = self.split(n)
+        students = []
+        for k in range(1, stages + 1):
+            pair = {h: self.student(f"student_{h}{k}", self.labels(k, h)) for h in HALVES}
+            chain = self.train(list(pair.values()))
+            for half, other in zip(HALVES, reversed(HALVES)):  # B_k labels A, A_k labels B
+                students.append((k, half, pair[half], chain.record(pair[half])))
+                model = chain.best_checkpoint(pair[other].name)
+                name = f"relabel half {half} with {pair[other].name}"
+                self.relabel(name, model, self.labels(k, half), self.labels(k + 1, half))
+        self.merge(stages + 1, ids)
+        final = self.student("final_student", self.labels("final"))
+        chain = self.train([final])
+        test = chain.evaluate_stage(final) if evaluate else None
+        if not any(r["ran_now"] for r in self.records):
+            logger.info("mckd: %s: every step finished earlier: nothing to do", self.out)
+        refs = mckd_report.references(self)
+        labels = [mckd_report.score_labels(self, k, ids, refs) for k in range(1, stages + 2)]
+        report = mckd_report.report(self, ids, labels, students, chain, final, test)
+        report["wall_seconds"] = round(time.perf_counter() - start, 1)
+        steps.write_json(self.out / "mckd.json", report)
+        (self.out / "mckd.md").write_text(mckd_report.markdown(report), encoding="utf-8")
+        for row in labels:
+            logger.info(
+                "mckd: labels of stage %d (%s): chrF %.2f, BLEU %.2f against the references",
+                row["stage"], row["made_by"], row["chrf"], row["bleu"],
+            )  # fmt: skip
+        return report
+
+
+def _pairs(folder, pair, lang):
+    """The number of training sentences of ``folder``'s side ``lang``."""
+    return len(load_side(folder, "train", pair, lang))
+
+
+def run_mckd(
+    teacher,
+    data,
+    out,
+    stages=3,
+    arch=None,
+    max_epoch=None,
+    seed=1,
+    train_flags=None,
+    devices=None,
+    beam=DECODING["beam"],
+    extra_args=(),
+    *,
+    lenpen=DECODING["lenpen"],
+    max_len_a=DECODING["max_len_a"],
+    max_len_b=DECODING["max_len_b"],
+    max_tokens=DECODING["max_tokens"],
+    evaluate=True,
+    evaluate_args=None,
+):
+    """Collaborative multi-stage relabelling into ``out`` (see the module doc).
+
+    ``stages``: K, the pairs of students (>= 1). ``arch``, ``max_epoch``: every student's
+    architecture and epochs. ``seed``: the split and fairseq's ``--seed`` of the students.
+    ``train_flags``: fairseq flags of every student, as a plan's ``train:`` section
+    (default: the ``tiny`` preset's). ``devices``: a :class:`evokd.chain.runner.Devices`.
+    ``beam``, ``lenpen``, ``max_len_a``, ``max_len_b``, ``max_tokens``: decoding of every
+    relabelling (default: :data:`evokd.core.inference.DECODING`).
+    ``extra_args``: fairseq-train flags after all others. ``evaluate``: score the final
+    student on DATA's test set with ``evaluate_args`` (keys of
+    :func:`evokd.evaluation.evaluate.evaluate_checkpoint`; default subset test, beam ``beam``).
+    Returns the report written to ``out/mckd.json``.
+    """
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    from evokd.chain.plan import load_plan
+
+    check_exists(str(teacher), "--teacher")
+    if not Path(data).is_dir():
+        raise EvokdError(f"--data {data}: no such folder (expected fairseq binarized data)")
+    if max_epoch is None:
+        raise EvokdError("--max-epoch: give the epochs of every student")
+    for value, flag, minimum in ((stages, "--stages", 1), (beam, "--beam", 1), (seed, "--seed", 0),
+                                 (max_tokens, "--max-tokens", 1), (max_epoch, "--max-epoch", 1),
+                                 (max_len_b, "--max-len-b", 1)):  # fmt: skip
+        check_number(value, flag, minimum)
+    check_number(max_len_a, "--max-len-a", 0, kind=float)
+    if arch not in ARCH_MODEL_REGISTRY:  # evokd's transformer_evokd_* are registered
+        raise EvokdError(
+            f"--arch {arch}: not an architecture known to fairseq (see `fairseq-train --help` "
+            "for --arch, or the transformer_evokd_* names in the README)"
+        )
+    if not any(Path(data).glob("dict.*.txt")):
+        raise EvokdError(f"--data {data}: holds no binarized data (dict.*.txt); run evokd prepare")
+    if train_flags is None:
+        train_flags = load_plan("tiny").train
+    src, tgt = languages(load_checkpoint(str(teacher), "--teacher"), data)
+    pair = language_pair(data, "train", src, tgt)
+    n = subset_size(data, "train", src, tgt)
+    if n < 2:
+        raise EvokdError(f"--data {data}: {n} training pairs; two halves need at least 2")
+    settings = {
+        "format": FORMAT,
+        "teacher": os.path.abspath(teacher),
+        "teacher_sha256": steps.file_digest(teacher),
+        "data": os.path.abspath(data),
+        "data_sha256": data_fingerprint(str(data), "train", *pair.split("-")),
+        "source_lang": src,
+        "target_lang": tgt,
+        "pair": pair,
+        **dict(stages=stages, arch=arch, max_epoch=max_epoch, seed=seed),
+        **dict(train_flags=dict(train_flags), extra_args=list(extra_args)),
+        **dict(beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b),
+        "max_tokens": max_tokens,
+        "evaluate": dict(evaluate_args or {"subset": "test", "beam": beam}),
+    }
+    settings = json.loads(json.dumps(settings))  # as it reads back from the file
+    hint = "rerun with its settings to resume it, or give another --out"
+    steps.claim(out, SETTINGS, settings, "an evokd mckd folder", hint)
+    run = Relabelling(out, settings, devices or Devices(), extra_args)
+    return run.run(n, evaluate=evaluate)

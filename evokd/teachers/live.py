@@ -1,0 +1,110 @@
+"""The frozen teacher: loading, checking, and its per-batch output.
+
+The teacher is loaded once by the task, frozen (``eval()``, ``requires_grad_(False)``, run
+under ``torch.no_grad()``), moved to the student's device and dtype on first use, and kept
+outside the student's modules: it is neither trained, nor saved in student checkpoints,
+nor switched back to train mode by the trainer.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from evokd.core.checkpoint import CheckpointError, architecture, load_checkpoint, model_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherOutput:
+    """The teacher's predictions for one batch, at temperature 1, on the reference prefix.
+
+    Either the full distribution (a live teacher) or its top K (a teacher cache).
+    """
+
+    lprobs: Optional[Tensor] = None  # B x T x V log-probabilities
+    topk_lprobs: Optional[Tensor] = None  # B x T x K, sorted descending
+    topk_index: Optional[Tensor] = None  # B x T x K token ids
+    target_lprobs: Optional[Tensor] = None  # B x T log-probability of the reference token
+
+    @property
+    def k(self):
+        """How many tokens per position are available (the vocabulary when full)."""
+        if self.lprobs is not None:
+            return self.lprobs.size(-1)
+        return self.topk_lprobs.size(-1)
+
+    def topk(self, k):
+        """The teacher's k most likely tokens per position: (log-probs, ids), B x T x k."""
+        if self.lprobs is not None:
+            return self.lprobs.topk(k, dim=-1)
+        if k > self.k:
+            raise ValueError(f"top-{k} requested from a teacher output holding only {self.k}")
+        return self.topk_lprobs[..., :k], self.topk_index[..., :k]
+
+    def target_nll(self, target):
+        """Per-position NLL of ``target`` (B x T) under the teacher."""
+        if self.target_lprobs is not None:
+            return -self.target_lprobs
+        return -self.lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def check_dictionaries(state, path, task, flag="--teacher-path"):
+    """Fail, naming both sizes or both files, when a checkpoint was trained on other
+    dictionaries than ``task``'s (see :func:`evokd.data.folder.check_dictionaries`)."""
+    from evokd.data.folder import check_dictionaries as check
+
+    check(state, path, task.cfg.data, task.cfg.source_lang, task.cfg.target_lang, flag)
+
+
+def build_from_checkpoint(path, task, flag="--teacher-path"):
+    """Build the model stored in ``path`` for ``task``'s dictionaries and load its weights.
+
+    The architecture comes from the checkpoint. The global RNG is left untouched, so a
+    student built afterwards gets the same random initialisation as without a teacher.
+    """
+    from fairseq import models
+
+    state = load_checkpoint(path, flag)
+    check_dictionaries(state, path, task, flag)
+    cfg = model_config(state)
+    with torch.random.fork_rng(devices=[]):
+        model = models.build_model(cfg, task, from_checkpoint=True)
+    try:
+        model.load_state_dict(state["model"], strict=True, model_cfg=cfg)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{flag} {path}: its weights do not fit its own architecture "
+            f"{architecture(state)!r} with this data's dictionaries: {exc}"
+        ) from exc
+    return model
+
+
+class LiveTeacher:
+    """A frozen teacher model that runs forward on every training batch."""
+
+    def __init__(self, path, task):
+        from evokd.core.inference import load_frozen_model
+
+        self.path = path
+        self.model = load_frozen_model(path, task)
+        n = sum(p.numel() for p in self.model.parameters())
+        logger.info(f"teacher {path}: {type(self.model).__name__}, {n:,} parameters, frozen")
+
+    def _follow(self, student):
+        """Move the teacher to the student's device and floating dtype if they differ."""
+        ref = next(student.parameters())
+        own = next(self.model.parameters())
+        if own.device != ref.device or own.dtype != ref.dtype:
+            self.model.to(device=ref.device, dtype=ref.dtype)
+
+    @torch.no_grad()
+    def __call__(self, sample, student):
+        self._follow(student)
+        self.model.eval()
+        net_output = self.model(**sample["net_input"])
+        lprobs = self.model.get_normalized_probs(net_output, log_probs=True)  # B x T x V
+        return TeacherOutput(lprobs=lprobs.float())
