@@ -119,12 +119,7 @@ def test_resumed_state_wins_over_init_student_from(data_bin, tmp_path):
 
 
 def _fails(data_bin, save_dir, extra, arch=STUDENT[1]):
-    cmd = utils.fairseq_script("fairseq-train") + [str(data_bin), "--user-dir", utils.EVOKD_DIR]
-    cmd += ["--arch", arch, "--save-dir", str(save_dir)] + utils.TINY_MODEL + utils.TRAIN_FLAGS
-    cmd += ["--max-epoch", "1"] + list(extra)
-    if "--criterion" not in extra:
-        cmd += ["--criterion", "label_smoothed_cross_entropy"]
-    code, out = utils.run(cmd, check=False)
+    code, out = utils.train_in_process(utils.train_command(data_bin, save_dir, arch, extra))
     assert code != 0
     assert not os.path.exists(os.path.join(save_dir, "checkpoint_last.pt"))
     assert "begin training epoch" not in out

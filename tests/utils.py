@@ -6,11 +6,14 @@ Multi30k), binarized with fairseq-preprocess, 2-layer models trained for an epoc
 
 import gzip
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import evokd
 
@@ -94,19 +97,62 @@ def make_data_bin(root, n_train=200, n_valid=40):
     return dest
 
 
-def train(data_bin, save_dir, arch, extra=(), epochs=1, script="fairseq-train"):
-    """Train with the CLI; returns the log as a list of parsed JSON records."""
-    cmd = (
-        fairseq_script(script)
-        + [str(data_bin), "--user-dir", EVOKD_DIR, "--arch", arch, "--save-dir", str(save_dir)]
-        + TINY_MODEL
-        + TRAIN_FLAGS
-        + ["--max-epoch", str(epochs)]
-        + list(extra)
-    )
+def train_command(data_bin, save_dir, arch, extra=(), epochs=1):
+    """The flags of a tiny training run (without the program)."""
+    argv = [str(data_bin), "--user-dir", EVOKD_DIR, "--arch", arch, "--save-dir", str(save_dir)]
+    argv += TINY_MODEL + TRAIN_FLAGS + ["--max-epoch", str(epochs)] + list(extra)
     if "--criterion" not in extra:
-        cmd += ["--criterion", "label_smoothed_cross_entropy"]
-    _, out = run(cmd)
+        argv += ["--criterion", "label_smoothed_cross_entropy"]
+    return argv
+
+
+class _Lines(logging.Handler):
+    """Log records as fairseq-train's console shows them."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s"))
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+def train_in_process(argv):
+    """fairseq-train in this process, as fairseq's own tests run it
+    (``distributed_utils.call_main(cfg, train.main)``); returns (exit code, log text).
+    An exception during set-up or training is the non-zero exit, its message in the log."""
+    from fairseq import distributed_utils, options
+    from fairseq_cli import train as fairseq_train
+
+    handler, root = _Lines(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(parser, input_args=[str(a) for a in argv])
+        distributed_utils.call_main(convert_namespace_to_omegaconf(args), fairseq_train.main)
+        code = 0
+    except Exception as exc:  # what fairseq-train would print before exiting
+        handler.lines.append(f"{type(exc).__name__}: {exc}")
+        code = 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return code, "\n".join(handler.lines)
+
+
+def train(data_bin, save_dir, arch, extra=(), epochs=1, script=None):
+    """Train a tiny model; returns (the log as parsed JSON records, the log text). In this
+    process unless ``script`` names a console script to run instead."""
+    argv = train_command(data_bin, save_dir, arch, extra, epochs)
+    if script is None:
+        code, out = train_in_process(argv)
+        if code != 0:
+            raise AssertionError(f"fairseq-train {' '.join(argv)} failed:\n{out[-4000:]}")
+    else:
+        _, out = run(fairseq_script(script) + argv)
     return parse_json_log(out), out
 
 

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from evokd.data.folder import dictionary_path, dictionary_size, symbols
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
@@ -135,3 +136,100 @@ def copy_weights(model, path, flag="--init-student-from"):
         )
     model.load_state_dict(theirs, strict=True, model_cfg=model_config(state))
     logger.info(f"student initialised from {path} ({len(ours)} tensors); optimizer fresh")
+
+
+# --- does a checkpoint fit a data folder ----------------------------------------------------
+
+
+def languages(state, data):
+    """(source, target) language: the checkpoint state's task, else ``data``'s file names."""
+    from fairseq.data.data_utils import infer_language_pair
+
+    task = state["cfg"].get("task") or {}
+    src, tgt = getattr(task, "source_lang", None), getattr(task, "target_lang", None)
+    if src is None or tgt is None:
+        src, tgt = infer_language_pair(str(data))
+    if src is None or tgt is None:
+        raise EvokdError(f"--data {data}: no binarized SPLIT.SRC-TGT.LANG.idx files found")
+    return src, tgt
+
+
+def check_dictionaries(state, path, data, src, tgt, flag):
+    """Fail unless the checkpoint ``state`` (read from ``path``, given as ``flag``) was trained
+    with ``data``'s dictionaries: one embedding row per entry, and the same symbols as the
+    dictionaries of the folder it was trained on, when that folder is still there."""
+    task = state["cfg"].get("task") if hasattr(state["cfg"], "get") else None
+    trained_on = getattr(task, "data", None) if task is not None else None
+    for side, name, lang in (("encoder", "source", src), ("decoder", "target", tgt)):
+        ours = dictionary_path(data, lang)
+        if not ours.is_file():
+            raise EvokdError(f"--data {data}: no dict.{lang}.txt (expected fairseq binarized data)")
+        weight = state["model"].get(f"{side}.embed_tokens.weight")
+        size = dictionary_size(ours)
+        if weight is not None and weight.shape[0] != size:
+            raise CheckpointError(
+                f"{flag} {path}: its {side} embeddings have {weight.shape[0]} rows: the "
+                f"checkpoint's {name} dictionary has {weight.shape[0]} entries but the data's "
+                f"({ours}) has {size}; it must be trained on the same binarized data (the same "
+                "dict.*.txt)"
+            )
+        theirs = dictionary_path(trained_on, lang) if trained_on else None
+        if theirs is None or not theirs.is_file() or theirs.resolve() == ours.resolve():
+            continue
+        if symbols(theirs) != symbols(ours):
+            raise CheckpointError(
+                f"{flag} {path}: the checkpoint was trained with {theirs}, whose symbols differ "
+                f"from the data's {ours} (both have {size} entries); it must be trained on "
+                "the same binarized data (the same dict.*.txt)"
+            )
+
+
+def build_model(path, task, flag="--teacher-path", state=None):
+    """Build the model stored in ``path`` for ``task``'s dictionaries (checked) and load its
+    weights; ``state``: the checkpoint already loaded from ``path``, so it is read once.
+
+    The architecture comes from the checkpoint. The global RNG is left untouched, so a
+    student built afterwards gets the same random initialisation as without a teacher.
+    """
+    from fairseq import models
+
+    state = load_checkpoint(path, flag) if state is None else state
+    cfg = task.cfg
+    check_dictionaries(state, path, cfg.data, cfg.source_lang, cfg.target_lang, flag)
+    model_cfg = model_config(state)
+    with torch.random.fork_rng(devices=[]):
+        model = models.build_model(model_cfg, task, from_checkpoint=True)
+    try:
+        model.load_state_dict(state["model"], strict=True, model_cfg=model_cfg)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{flag} {path}: its weights do not fit its own architecture "
+            f"{architecture(state)!r} with this data's dictionaries: {exc}"
+        ) from exc
+    return model
+
+
+def state_languages(state):
+    """(source, target) language of a checkpoint's task; None where it does not say."""
+    task_cfg = state["cfg"]["task"]
+    return getattr(task_cfg, "source_lang", None), getattr(task_cfg, "target_lang", None)
+
+
+BUFFER_SUFFIXES = (".version", "._float_tensor")  # state-dict entries that are not parameters
+
+
+def count_parameters(model_state):
+    """Parameters of a model state dict: tied tensors once, buffers (``version``) not at all.
+
+    Equals ``sum(p.numel() for p in model.parameters())`` for fairseq's transformers, the
+    "num. shared model params" that fairseq-train logs.
+    """
+    seen, total = set(), 0
+    for key, tensor in model_state.items():
+        if key.endswith(BUFFER_SUFFIXES) or not torch.is_tensor(tensor):
+            continue
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+        if ident not in seen:
+            seen.add(ident)
+            total += tensor.numel()
+    return total

@@ -45,12 +45,13 @@ def move_to_device(sample, device):
     return utils.move_to_cuda(sample, device=device) if device.type == "cuda" else sample
 
 
-def load_frozen_model(path, task, flag="--teacher-path", device=None):
+def load_frozen_model(path, task, flag="--teacher-path", device=None, state=None):
     """The model of checkpoint ``path`` built for ``task``'s dictionaries (checked), in eval
-    mode without gradients, on ``device`` if given. Errors name ``flag`` and ``path``."""
-    from evokd.teachers.live import build_from_checkpoint
+    mode without gradients, on ``device`` if given. Errors name ``flag`` and ``path``.
+    ``state``: the checkpoint already loaded from ``path`` (it is then not read again)."""
+    from evokd.core.checkpoint import build_model
 
-    model = build_from_checkpoint(path, task, flag=flag)
+    model = build_model(path, task, flag=flag, state=state)
     model.eval()
     model.requires_grad_(False)
     return model if device is None else model.to(device)
@@ -58,10 +59,9 @@ def load_frozen_model(path, task, flag="--teacher-path", device=None):
 
 def checkpoint_languages(path, flag):
     """(source, target) language of a checkpoint's task; None where it does not say."""
-    from evokd.core.checkpoint import load_checkpoint
+    from evokd.core.checkpoint import load_checkpoint, state_languages
 
-    task_cfg = load_checkpoint(str(path), flag)["cfg"]["task"]
-    return getattr(task_cfg, "source_lang", None), getattr(task_cfg, "target_lang", None)
+    return state_languages(load_checkpoint(str(path), flag))
 
 
 @dataclass
@@ -87,9 +87,11 @@ class Translator:
     """
 
     def __init__(self, checkpoint, data, subset, decoding, device, flag="--teacher"):
+        from evokd.core.checkpoint import load_checkpoint, state_languages
         from evokd.core.runtime import parse_config, translation_task
 
-        src, tgt = checkpoint_languages(checkpoint, flag)
+        state = load_checkpoint(str(checkpoint), flag)  # read once: languages, then the model
+        src, tgt = state_languages(state)
         try:
             self.task = translation_task(str(data), [subset], src, tgt)
         except FileNotFoundError as exc:  # a dictionary or the subset
@@ -98,7 +100,7 @@ class Translator:
         self.device = device
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in decoding.items()]
         cfg = parse_config([str(data), *flags], parser="generation")
-        self.model = load_frozen_model(checkpoint, self.task, flag, device)
+        self.model = load_frozen_model(checkpoint, self.task, flag, device, state=state)
         self.model.prepare_for_inference_(cfg)  # as fairseq-generate does
         self.generator = self.task.build_generator([self.model], cfg.generation)
 
@@ -187,3 +189,48 @@ def score_targets(translator, sources, targets):
     sample = move_to_device(sample, t.device)
     hypos = SequenceScorer(t.task.target_dictionary).generate([t.model], sample)
     return {i: -float(h[0]["score"]) for i, h in zip(sample["id"].tolist(), hypos)}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Beam search settings, named and defaulting as fairseq-generate's flags
+    (:data:`DECODING`): ``max_tokens`` per batch (8000 unless ``batch_size`` is given),
+    output length at most ``max_len_a * source length + max_len_b``; ``cpu``: also
+    where there is a GPU."""
+
+    beam: int = DECODING["beam"]
+    lenpen: float = DECODING["lenpen"]
+    max_tokens: Optional[int] = None
+    batch_size: Optional[int] = None
+    max_len_a: float = DECODING["max_len_a"]
+    max_len_b: int = DECODING["max_len_b"]
+    cpu: bool = False
+
+    def check(self):
+        """Fail naming the flag of the first setting out of range."""
+        import math
+
+        from evokd.errors import check_number
+
+        check_number(self.beam, "--beam", 1)
+        if not (isinstance(self.lenpen, (int, float)) and math.isfinite(self.lenpen)):
+            raise EvokdError(f"--lenpen {self.lenpen}: expected a finite number")
+        check_number(self.max_tokens, "--max-tokens", 1)
+        check_number(self.batch_size, "--batch-size", 1)
+        check_number(self.max_len_a, "--max-len-a", 0, kind=float)
+        check_number(self.max_len_b, "--max-len-b", 1)
+        if self.max_tokens is not None and self.batch_size is not None:
+            raise EvokdError("--max-tokens and --batch-size: give one or the other")
+        return self
+
+    def fairseq_args(self):
+        """The fairseq-generate flags of these settings (``--cpu`` on the CPU)."""
+        args = ["--beam", str(self.beam), "--lenpen", str(self.lenpen)]
+        args += ["--max-len-a", str(self.max_len_a), "--max-len-b", str(self.max_len_b)]
+        if self.batch_size is not None:
+            args += ["--batch-size", str(self.batch_size)]
+        else:
+            args += ["--max-tokens", str(self.max_tokens or DECODING["max_tokens"])]
+        if choose_device(self.cpu).type == "cpu":
+            args.append("--cpu")
+        return args

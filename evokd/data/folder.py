@@ -1,10 +1,8 @@
 """A fairseq binarized data folder: its file names, languages and dictionaries, and new ones.
 
 fairseq names a subset's files ``{subset}.{src}-{tgt}.{lang}.{bin,idx}`` (or ``tgt-src``,
-whichever pair ``fairseq-preprocess`` wrote) next to ``dict.{lang}.txt``. A checkpoint fits
-a folder when its embedding tables have one row per dictionary entry and, when the folder
-it was trained on is still there, its dictionaries hold the same symbols in the same order:
-two dictionaries of the same size are still different vocabularies.
+whichever pair ``fairseq-preprocess`` wrote) next to ``dict.{lang}.txt``. Whether a
+checkpoint fits a folder is :func:`evokd.core.checkpoint.check_dictionaries`.
 """
 
 import logging
@@ -12,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-from evokd.core.checkpoint import CheckpointError
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
@@ -70,19 +67,6 @@ def subset_size(data, subset, src, tgt, flag="--data"):
     return len(data_utils.load_indexed_dataset(str(prefix), None))
 
 
-def languages(state, data):
-    """(source, target) language: the checkpoint state's task, else ``data``'s file names."""
-    from fairseq.data.data_utils import infer_language_pair
-
-    task = state["cfg"].get("task") or {}
-    src, tgt = getattr(task, "source_lang", None), getattr(task, "target_lang", None)
-    if src is None or tgt is None:
-        src, tgt = infer_language_pair(str(data))
-    if src is None or tgt is None:
-        raise EvokdError(f"--data {data}: no binarized SPLIT.SRC-TGT.LANG.idx files found")
-    return src, tgt
-
-
 # --- does a checkpoint fit the folder -------------------------------------------------------
 
 
@@ -92,40 +76,10 @@ def symbols(path):
         return [line.split(" ", 1)[0] for line in f]
 
 
-def _size(path):
+def dictionary_size(path):
     from fairseq.data import Dictionary
 
     return len(Dictionary.load(str(path)))
-
-
-def check_dictionaries(state, path, data, src, tgt, flag):
-    """Fail unless the checkpoint ``state`` (read from ``path``, given as ``flag``) was trained
-    with ``data``'s dictionaries: one embedding row per entry, and the same symbols as the
-    dictionaries of the folder it was trained on, when that folder is still there."""
-    task = state["cfg"].get("task") if hasattr(state["cfg"], "get") else None
-    trained_on = getattr(task, "data", None) if task is not None else None
-    for side, name, lang in (("encoder", "source", src), ("decoder", "target", tgt)):
-        ours = dictionary_path(data, lang)
-        if not ours.is_file():
-            raise EvokdError(f"--data {data}: no dict.{lang}.txt (expected fairseq binarized data)")
-        weight = state["model"].get(f"{side}.embed_tokens.weight")
-        size = _size(ours)
-        if weight is not None and weight.shape[0] != size:
-            raise CheckpointError(
-                f"{flag} {path}: its {side} embeddings have {weight.shape[0]} rows: the "
-                f"checkpoint's {name} dictionary has {weight.shape[0]} entries but the data's "
-                f"({ours}) has {size}; it must be trained on the same binarized data (the same "
-                "dict.*.txt)"
-            )
-        theirs = dictionary_path(trained_on, lang) if trained_on else None
-        if theirs is None or not theirs.is_file() or theirs.resolve() == ours.resolve():
-            continue
-        if symbols(theirs) != symbols(ours):
-            raise CheckpointError(
-                f"{flag} {path}: the checkpoint was trained with {theirs}, whose symbols differ "
-                f"from the data's {ours} (both have {size} entries); it must be trained on "
-                "the same binarized data (the same dict.*.txt)"
-            )
 
 
 # --- writing folders ------------------------------------------------------------------------
@@ -161,7 +115,7 @@ def write_subset(data, dest, subset, pair, columns, skip=()):
     ``data``'s dictionary of that language."""
     copy_folder(data, dest, subset, pair, list(columns), skip)
     for lang, items in columns.items():
-        size = _size(dictionary_path(data, lang))
+        size = dictionary_size(dictionary_path(data, lang))
         write_dataset(Path(dest) / f"{subset}.{pair}.{lang}", items, size)
 
 
@@ -185,3 +139,23 @@ def load_side(data, subset, pair, lang):
     from fairseq.data import data_utils
 
     return data_utils.load_indexed_dataset(str(Path(data) / f"{subset}.{pair}.{lang}"), None)
+
+
+def data_digest(data, subset, src, tgt):
+    """sha256 over the dictionaries and both sides of ``subset`` (each file by name and
+    content): what an output built from the folder records, to be checked against later."""
+    import hashlib
+
+    from evokd.files import file_digest
+
+    root = Path(str(data).split(os.pathsep)[0])
+    digest = hashlib.sha256()
+    names = [f"dict.{src}.txt", f"dict.{tgt}.txt"]
+    names += subset_files(subset, language_pair(root, subset, src, tgt), (src, tgt), ("idx", "bin"))
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise EvokdError(f"--data {data}: {path} missing (expected fairseq binarized data)")
+        digest.update(name.encode())
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()

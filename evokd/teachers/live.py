@@ -1,4 +1,4 @@
-"""The frozen teacher: loading, checking, and its per-batch output.
+"""The frozen teacher of a training run and its per-batch output.
 
 The teacher is loaded once by the task, frozen (``eval()``, ``requires_grad_(False)``, run
 under ``torch.no_grad()``), moved to the student's device and dtype on first use, and kept
@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from evokd.core.checkpoint import CheckpointError, architecture, load_checkpoint, model_config
+from evokd.core.inference import load_frozen_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,43 +52,10 @@ class TeacherOutput:
         return -self.lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
 
-def check_dictionaries(state, path, task, flag="--teacher-path"):
-    """Fail, naming both sizes or both files, when a checkpoint was trained on other
-    dictionaries than ``task``'s (see :func:`evokd.data.folder.check_dictionaries`)."""
-    from evokd.data.folder import check_dictionaries as check
-
-    check(state, path, task.cfg.data, task.cfg.source_lang, task.cfg.target_lang, flag)
-
-
-def build_from_checkpoint(path, task, flag="--teacher-path"):
-    """Build the model stored in ``path`` for ``task``'s dictionaries and load its weights.
-
-    The architecture comes from the checkpoint. The global RNG is left untouched, so a
-    student built afterwards gets the same random initialisation as without a teacher.
-    """
-    from fairseq import models
-
-    state = load_checkpoint(path, flag)
-    check_dictionaries(state, path, task, flag)
-    cfg = model_config(state)
-    with torch.random.fork_rng(devices=[]):
-        model = models.build_model(cfg, task, from_checkpoint=True)
-    try:
-        model.load_state_dict(state["model"], strict=True, model_cfg=cfg)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{flag} {path}: its weights do not fit its own architecture "
-            f"{architecture(state)!r} with this data's dictionaries: {exc}"
-        ) from exc
-    return model
-
-
 class LiveTeacher:
     """A frozen teacher model that runs forward on every training batch."""
 
     def __init__(self, path, task):
-        from evokd.core.inference import load_frozen_model
-
         self.path = path
         self.model = load_frozen_model(path, task)
         n = sum(p.numel() for p in self.model.parameters())
