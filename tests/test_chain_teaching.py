@@ -200,25 +200,27 @@ def test_cpu_controls_repeats_the_cpu_plan():
     assert len(controls.stages) > len(cpu.stages)
 
 
-def test_progress_line_names_how_the_teacher_is_read(tmp_path):
+def test_progress_line_names_how_the_teacher_is_read(micro_data, tmp_path):
     """A stage's progress line says online, the chain's cache, or the cache folder the plan
     gives (a plan naming its own ``teacher-cache`` is not online KD)."""
-    from types import SimpleNamespace
+    from evokd.chain.plan import load_plan
+    from evokd.chain.progress import Progress
+    from evokd.chain.runner import Chain
 
-    from evokd.chain.plan import Stage
-    from evokd.chain.runner import _Progress
-
-    chain = SimpleNamespace(cache_spec=lambda s: {"topk": 8} if s.name == "c" else None,
-                            stage_dir=lambda s: tmp_path / s.name)  # fmt: skip
-    progress = _Progress(chain, [])
-    kd = dict(arch="a", teacher="t.pt", max_epoch=2)
-    lines = [
-        progress.describe(Stage(name="o", **kd)),
-        progress.describe(Stage(name="c", **kd)),
-        progress.describe(Stage(name="g", flags={"teacher-cache": "cache/t_top8"}, **kd)),
+    kd = dict(arch="transformer_evokd_tiny_student", teacher="teacher", max_epoch=2)
+    stages = [
+        dict(name="o", **kd),
+        dict(name="c", kd={"cache": {"topk": 8}}, **kd),
+        dict(name="g", flags={"teacher-cache": "cache/t_top8"}, **kd),
     ]
-    assert lines == [
-        "training, 2 epochs, KD from t.pt (online)",
-        "training, 2 epochs, KD from t.pt (cache)",
-        "training, 2 epochs, KD from t.pt (cache cache/t_top8)",
+    plan = load_plan(str(write_plan(tmp_path, micro_data, [TEACHER] + stages)))
+    chain = Chain(plan, checkpoints=tmp_path / "checkpoints")
+    progress = Progress(chain.trainer, plan.stages)
+    assert [progress.describe(plan.stage(n)) for n in "ocg"] == [
+        "training, 2 epochs, KD from teacher (online)",
+        "training, 2 epochs, KD from teacher (cache)",
+        "training, 2 epochs, KD from teacher (cache cache/t_top8)",
     ]
+    (tmp_path / "checkpoints" / "teach" / "o").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "teach" / "o" / "checkpoint_last.pt").touch()
+    assert progress.describe(plan.stage("o")).startswith("resuming, 2 epochs")

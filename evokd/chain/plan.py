@@ -145,7 +145,7 @@ def load_plan(name_or_path):
     for pair in raw.get("compare") or []:
         if not (isinstance(pair, list) and len(pair) == 2):
             raise EvokdError(f"{where}: compare: expected [stage, baseline] pairs, got {pair!r}")
-    return Plan(
+    plan = Plan(
         name=str(raw.get("name") or path.stem),
         description=str(raw.get("description") or ""),
         data=str(raw["data"]),
@@ -159,6 +159,9 @@ def load_plan(name_or_path):
         shared=[str(x) for x in raw.get("shared") or []],
         compare=[[str(a), str(b)] for a, b in raw.get("compare") or []],
     )
+    for stage in plan.stages:
+        cache_spec(plan, stage)  # a bad cache spec fails here, naming its stage
+    return plan
 
 
 def _stage(where, index, raw):
@@ -276,6 +279,7 @@ def validate(plan, data_required=True):
             )
         if stage.name in (ref for _, ref in stage.references()):
             raise EvokdError(f"plan {plan.name}: stage {stage.name} refers to itself")
+        cache_spec(plan, stage)
     for name in plan.shared + [x for pair in plan.compare for x in pair]:
         if name not in names:
             raise EvokdError(f"plan {plan.name}: 'shared'/'compare' name no stage {name!r}")
@@ -292,6 +296,42 @@ def validate(plan, data_required=True):
             "(dict.*.txt): prepare it first (evokd prepare ...) or give the plan a "
             "'prepare:' section"
         )
+
+
+def kd_defaults():
+    """The word_kd flags every KD stage gets unless its plan says otherwise: the defaults of
+    :class:`evokd.criterions.word_kd.WordKDConfig`."""
+    from dataclasses import fields
+
+    from evokd.criterions.word_kd import WordKDConfig
+
+    found = {f.name: f.default for f in fields(WordKDConfig)}
+    return {key.replace("_", "-"): found[key] for key in ("kd_alpha", "kd_temperature")}
+
+
+def kd_flags(plan, stage):
+    """The stage's word_kd flags: the defaults, the plan's ``kd:``, then the stage's."""
+    return {**kd_defaults(), **plan.kd, **stage.kd}
+
+
+def cache_spec(plan, stage):
+    """``{"topk": K}`` when the stage reads its teacher from the chain's cache, else None
+    (online). A stage whose KD needs the teacher's full distribution (``kd-topk: 0``) stays
+    online. A malformed spec is a plan error naming the stage."""
+    if not stage.teacher:
+        return None
+    kd = {**plan.kd, **stage.kd}
+    spec = kd.get("cache")
+    if not spec:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("topk"), int) or spec["topk"] < 1:
+        raise EvokdError(
+            f"plan {plan.name}: stage {stage.name}: kd: cache: expected {{topk: K}} "
+            f"with a whole number K >= 1, got {spec!r}"
+        )
+    if "kd-topk" in kd and int(kd["kd-topk"]) == 0:
+        return None
+    return spec
 
 
 def flags_to_args(flags):

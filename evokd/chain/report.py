@@ -19,6 +19,7 @@ import shlex
 import textwrap
 from pathlib import Path
 
+from evokd.chain.progress import clock
 from evokd.data.textio import write_lines
 from evokd.files import write_png
 
@@ -298,13 +299,38 @@ def plot(rows, path, title=None):
     return write_png(fig, path)
 
 
-def write_report(results_dir, rows, title=None, command=None, significance=None, seed_rows=None):
+def costs_markdown(costs):
+    """The chain's time against its no-teacher cost, as a short Markdown section."""
+    lines = ["## Cost", ""]
+    lines.append(
+        f"Chain: {clock(costs['chain_seconds'])} ({clock(costs['stage_seconds'])} of stage "
+        f"training, {clock(costs['teacher_step_seconds'])} of teacher caches and "
+        "translations)."
+    )
+    if costs["ratio"] is not None:
+        lines.append(
+            f"The same stages without teachers: {clock(costs['no_teacher_seconds'])} "
+            f"(the plain stages' time per update times each stage's updates): "
+            f"{costs['ratio']:.2f}x."
+        )
+    else:
+        lines.append(
+            "No no-teacher estimate for " + ", ".join(costs["not_estimated"]) + " (no plain "
+            "stage of the same architecture)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    results_dir, rows, title=None, command=None, significance=None, seed_rows=None, costs=None
+):
     """Write ``results.json``, ``results.md`` and ``results.png`` into ``results_dir``.
 
     ``command``: the command line that produced the results (a string or an argv list),
     recorded in the JSON and the Markdown. ``significance`` (rows of
-    :func:`evokd.evaluation.significance.compare_stages`) and ``seed_rows`` (of
-    :func:`evokd.chain.seeds.aggregate`), when given, go into both too, and ``curves.png`` of
+    :func:`evokd.evaluation.significance.compare_stages`), ``seed_rows`` (of
+    :func:`evokd.chain.seeds.aggregate`) and ``costs`` (of :func:`evokd.chain.results.costs`),
+    when given, go into both too, and ``curves.png`` of
     ``results_dir`` (written by :func:`evokd.chain.curves.write_curves`), when there, into the
     Markdown. Returns the three paths by kind.
     """
@@ -326,9 +352,13 @@ def write_report(results_dir, rows, title=None, command=None, significance=None,
         record["significance"] = significance
     if seed_rows:
         record["seeds"] = seed_rows
+    if costs:
+        record["costs"] = costs
     curves = CURVES if (results_dir / CURVES).is_file() else None
     write_lines(paths["json"], [json.dumps(record, indent=2, ensure_ascii=False, default=str)])
     markdown = markdown_report(rows, title, command, significance, seed_rows, curves)
+    if costs:
+        markdown += "\n\n" + costs_markdown(costs).rstrip("\n")
     write_lines(paths["markdown"], [markdown])
     plot(rows, paths["plot"], title)
     return paths

@@ -90,7 +90,8 @@ def _progress(line):
 
 
 def build_chain(args, plan, seed=None):
-    from evokd.chain.runner import Chain, Devices
+    from evokd.chain.runner import Chain
+    from evokd.core.devices import Devices
 
     extra = list(getattr(args, "passthrough", []))
     devices = Devices(gpus=args.gpus, master_port=args.master_port)
@@ -130,15 +131,15 @@ def print_commands(chain, stages):
 
     for stage in ordered(chain.plan):
         if not stages or stage.name in stages:
-            state = "finished" if chain.is_finished(stage) else "to train"
+            state = "finished" if chain.trainer.is_finished(stage) else "to train"
             print(f"# {stage.name} ({state})")
-            print(shlex.join(chain.train_command(stage)))
+            print(shlex.join(chain.trainer.train_command(stage)))
 
 
 def run(args):
     from evokd.chain.plan import validate
     from evokd.chain.report import markdown_table
-    from evokd.chain.runner import report_seeds
+    from evokd.chain.results import report_seeds
 
     plan = load(args)
     seeds = args.seeds or plan.seeds or [None]
@@ -159,7 +160,7 @@ def run(args):
             rows[chain.seed] = chain.run(only=args.stage, evaluate=not args.no_evaluate)
         if rows[chain.seed]:
             print(markdown_table(rows[chain.seed]))
-            print(f"\nresults: {chain.results}/results.md, results.json, results.png")
+            print(f"\nresults: {chain.layout.results}/results.md, results.json, results.png")
     if len(chains) > 1 and all(rows.values()):
         results = Path(args.results) / (args.run or plan.name)
         print(report_seeds(plan, rows, results))

@@ -91,7 +91,7 @@ def default_epochs(plan):
 
 def run(args):
     from evokd.chain.plan import load_plan
-    from evokd.chain.runner import Devices
+    from evokd.core.devices import Devices
     from evokd.methods.mckd.relabel import run_mckd
     from evokd.methods.mckd.report import markdown
 

@@ -115,17 +115,30 @@ def _paths_from_here(args):
         args.preset = os.path.abspath(args.preset)
 
 
-def _chain(args, gpus, port, stage_dirs=None):
+def _chain(args, gpus, port, stage_dirs=None, evaluate_args=None):
+    """The chain of the preset with the flags' changes: another data folder, another
+    budget for the recipe's stage."""
+    import dataclasses
+
     from evokd.chain.plan import load_plan
-    from evokd.chain.runner import Chain, Devices
+    from evokd.chain.runner import Chain
+    from evokd.core.devices import Devices
 
     plan = load_plan(args.preset)
+    changes = {}
     if args.data:
-        plan.data, plan.prepare = args.data, None
+        changes.update(data=args.data, prepare=None)
+    if args.max_epoch and args.stage in plan.stage_names:
+        budget = {"max_epoch": args.max_epoch, "max_update": None}
+        changes["stages"] = [
+            dataclasses.replace(s, **budget) if s.name == args.stage else s for s in plan.stages
+        ]
+    plan = dataclasses.replace(plan, **changes)
     extra = list(getattr(args, "passthrough", []))
     devices = Devices(gpus=gpus, master_port=port or 29500)
     # the original scripts show fairseq's own output: so do the recipes
-    return Chain(plan, devices=devices, extra_args=extra, stage_dirs=stage_dirs, verbose=True)
+    return Chain(plan, devices=devices, extra_args=extra, stage_dirs=stage_dirs,
+                 evaluate_args=evaluate_args, verbose=True)  # fmt: skip
 
 
 def _train(args, pos):
@@ -135,14 +148,13 @@ def _train(args, pos):
     stage_dirs = {args.stage: args.save_dir} if args.save_dir else None
     chain = _chain(args, gpus, args.master_port or pos.get("port"), stage_dirs)
     stage = chain.plan.stage(args.stage)
-    if args.max_epoch:
-        stage.max_epoch, stage.max_update = args.max_epoch, None
     if args.dry_run:
         chain.check([stage], data_required=False)
-        print(shlex.join(chain.train_command(stage)))
+        print(shlex.join(chain.trainer.train_command(stage)))
         return 0
     chain.run(only=[stage.name], evaluate=False, hint=lambda s: f"bin/{s.name}.sh")
-    print(f"stage {stage.name} finished: {chain.stage_dir(stage)}; evaluate with bin/eval_model.sh")
+    folder = chain.layout.stage_dir(stage)
+    print(f"stage {stage.name} finished: {folder}; evaluate with bin/eval_model.sh")
     return 0
 
 
@@ -150,9 +162,8 @@ def _evaluate(args, pos):
     gpu = pos.get("gpu_idx")
     if gpu is not None and gpu >= 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    chain = _chain(args, 0 if gpu is not None and gpu < 0 else None, None)
-    if args.average_last:
-        chain.evaluate_args["average_last"] = args.average_last
+    average = {"average_last": args.average_last} if args.average_last else None
+    chain = _chain(args, 0 if gpu is not None and gpu < 0 else None, None, evaluate_args=average)
     if args.checkpoint:
         from evokd.evaluation.evaluate import evaluate_checkpoint
 
@@ -162,5 +173,5 @@ def _evaluate(args, pos):
     from evokd.chain.report import markdown_table
 
     print(markdown_table(chain.report()))
-    print(f"\nresults: {chain.results}/results.md, results.json, results.png")
+    print(f"\nresults: {chain.layout.results}/results.md, results.json, results.png")
     return 0

@@ -42,12 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from evokd import files as steps
-from evokd.chain.plan import Plan, Stage
-from evokd.chain.runner import Chain, Devices
-from evokd.core.checkpoint import check_exists, load_checkpoint
+from evokd.chain.layout import Layout
+from evokd.chain.plan import Plan, Stage, validate
+from evokd.chain.results import evaluate_stage
+from evokd.chain.stage import StageTrainer
+from evokd.core.build import check_complete, check_count
+from evokd.core.checkpoint import check_exists, languages, load_checkpoint
+from evokd.core.devices import Devices
 from evokd.core.inference import DECODING
-from evokd.data.folder import language_pair, languages, load_side, subset_size, write_folder
-from evokd.distill.cache import data_fingerprint
+from evokd.data.folder import data_digest, language_pair, load_side, subset_size, write_folder
 from evokd.distill.seqkd import META as DISTILLED
 from evokd.distill.seqkd import distill_data, open_distilled
 from evokd.errors import EvokdError, check_number
@@ -92,7 +95,8 @@ class Relabelling:
         flags = {"seed": s["seed"]}
         return Stage(name, s["arch"], max_epoch=s["max_epoch"], flags=flags, data=str(data))
 
-    def chain(self, stages):
+    def trainer(self, stages):
+        """The stage trainer of ``stages``, in DIR/checkpoints/mckd/STAGE."""
         plan = Plan(
             name=RUN,
             data=str(self.data),
@@ -100,14 +104,8 @@ class Relabelling:
             train=dict(self.settings["train_flags"]),
             evaluate=dict(self.settings["evaluate"]),
         )
-        return Chain(
-            plan,
-            run_name=RUN,
-            checkpoints=self.out / "checkpoints",
-            results=self.out / "results",
-            devices=self.devices,
-            extra_args=self.extra_args,
-        )
+        layout = Layout(plan, RUN, self.out / "checkpoints", self.out / "results")
+        return StageTrainer(plan, layout, self.devices, self.extra_args)
 
     # --- the steps ---------------------------------------------------------------------
 
@@ -137,20 +135,26 @@ class Relabelling:
 
         self._step(name, out, meta.is_file, work, lambda: steps.read_json(meta)["wall_seconds"])
         info = open_distilled(out, "mckd:")  # counted: every pair relabelled, once
-        steps.check_count(f"mckd: {out}", info["examples"], _pairs(data, self.pair, self.src))
+        check_count(f"mckd: {out}", info["examples"], _pairs(data, self.pair, self.src))
 
     def train(self, stages):
-        """Train ``stages`` as chain stages (a finished one is skipped); returns the chain."""
-        chain = self.chain(stages)
+        """Train ``stages`` (a finished one is skipped); returns their trainer."""
+        trainer = self.trainer(stages)
+        validate(trainer.plan)
+
+        def work(stage):
+            trainer.check(stage)
+            trainer.train(stage)
+
         for stage in stages:
             self._step(
                 f"train {stage.name}",
-                chain.stage_dir(stage),
-                lambda stage=stage: chain.is_finished(stage),
-                lambda stage=stage: chain.run(only=[stage.name], evaluate=False),
-                lambda stage=stage: chain.record(stage)["wall_seconds"],
+                trainer.layout.stage_dir(stage),
+                lambda stage=stage: trainer.is_finished(stage),
+                lambda stage=stage: work(stage),
+                lambda stage=stage: trainer.stage_record(stage)["wall_seconds"],
             )
-        return chain
+        return trainer
 
     def write_folder(self, dest, sources, targets, extra):
         """``dest``: DATA's files (dictionaries, valid, test, ...) with a new train subset."""
@@ -167,13 +171,13 @@ class Relabelling:
                 f"mckd: {folder / IDS}: other ids than split.json gives half {half}; remove "
                 f"{folder} to rebuild it"
             )
-        steps.check_count(f"mckd: {folder}", _pairs(folder, self.pair, self.tgt), len(ids))
+        check_count(f"mckd: {folder}", _pairs(folder, self.pair, self.tgt), len(ids))
 
     def split(self, n):
         """The stage-1 halves (the teacher's labels), then split.json with their ids."""
         path, seed = self.out / "split.json", self.settings["seed"]
         ids = dict(zip(HALVES, split_ids(n, seed)))
-        steps.check_complete(str(path), ids["A"] + ids["B"], n)
+        check_complete(str(path), ids["A"] + ids["B"], n)
 
         def work():
             start = time.perf_counter()
@@ -209,7 +213,7 @@ class Relabelling:
         def work():
             start = time.perf_counter()
             n = sum(len(v) for v in ids.values())
-            steps.check_complete(f"mckd: {self.out / 'split.json'}", ids["A"] + ids["B"], n)
+            check_complete(f"mckd: {self.out / 'split.json'}", ids["A"] + ids["B"], n)
             sources, targets = [None] * n, [None] * n
             for half in HALVES:
                 self.check_half(k, half, ids[half])
@@ -226,7 +230,7 @@ class Relabelling:
         seconds = lambda: steps.read_json(dest / MERGED)["seconds"]  # noqa: E731
         self._step("merge the halves", dest, dest.is_dir, work, seconds)
         n = sum(len(v) for v in ids.values())
-        steps.check_count(f"mckd: {dest}", _pairs(dest, self.pair, self.tgt), n)
+        check_count(f"mckd: {dest}", _pairs(dest, self.pair, self.tgt), n)
 
     # --- the whole run -----------------------------------------------------------------
 
@@ -237,21 +241,24 @@ class Relabelling:
         students = []
         for k in range(1, stages + 1):
             pair = {h: self.student(f"student_{h}{k}", self.labels(k, h)) for h in HALVES}
-            chain = self.train(list(pair.values()))
+            trainer = self.train(list(pair.values()))
             for half, other in zip(HALVES, reversed(HALVES)):  # B_k labels A, A_k labels B
-                students.append((k, half, pair[half], chain.record(pair[half])))
-                model = chain.best_checkpoint(pair[other].name)
+                students.append((k, half, pair[half], trainer.stage_record(pair[half])))
+                model = trainer.layout.best_checkpoint(pair[other].name)
                 name = f"relabel half {half} with {pair[other].name}"
                 self.relabel(name, model, self.labels(k, half), self.labels(k + 1, half))
         self.merge(stages + 1, ids)
         final = self.student("final_student", self.labels("final"))
-        chain = self.train([final])
-        test = chain.evaluate_stage(final) if evaluate else None
+        trainer = self.train([final])
+        cpu = not self.devices.cuda
+        test = (
+            evaluate_stage(trainer.layout, final, trainer.plan.evaluate, cpu) if evaluate else None
+        )
         if not any(r["ran_now"] for r in self.records):
             logger.info("mckd: %s: every step finished earlier: nothing to do", self.out)
         refs = mckd_report.references(self)
         labels = [mckd_report.score_labels(self, k, ids, refs) for k in range(1, stages + 2)]
-        report = mckd_report.report(self, ids, labels, students, chain, final, test)
+        report = mckd_report.report(self, ids, labels, students, trainer, final, test)
         report["wall_seconds"] = round(time.perf_counter() - start, 1)
         steps.write_json(self.out / "mckd.json", report)
         (self.out / "mckd.md").write_text(mckd_report.markdown(report), encoding="utf-8")
@@ -293,7 +300,7 @@ def run_mckd(
     ``stages``: K, the pairs of students (>= 1). ``arch``, ``max_epoch``: every student's
     architecture and epochs. ``seed``: the split and fairseq's ``--seed`` of the students.
     ``train_flags``: fairseq flags of every student, as a plan's ``train:`` section
-    (default: the ``tiny`` preset's). ``devices``: a :class:`evokd.chain.runner.Devices`.
+    (default: the ``tiny`` preset's). ``devices``: a :class:`evokd.core.devices.Devices`.
     ``beam``, ``lenpen``, ``max_len_a``, ``max_len_b``, ``max_tokens``: decoding of every
     relabelling (default: :data:`evokd.core.inference.DECODING`).
     ``extra_args``: fairseq-train flags after all others. ``evaluate``: score the final
@@ -334,7 +341,7 @@ def run_mckd(
         "teacher": os.path.abspath(teacher),
         "teacher_sha256": steps.file_digest(teacher),
         "data": os.path.abspath(data),
-        "data_sha256": data_fingerprint(str(data), "train", *pair.split("-")),
+        "data_sha256": data_digest(str(data), "train", *pair.split("-")),
         "source_lang": src,
         "target_lang": tgt,
         "pair": pair,

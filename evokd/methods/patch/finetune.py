@@ -4,7 +4,7 @@ The stage is ``{name: patch, arch: the student's, init_from: the student checkpo
 data: DIR/data, max_epoch}`` in a one-stage plan whose fairseq flags are the ``train:``
 section of a plan (a preset name or a plan file, ``tiny`` by default), with the student's
 own model sizes on top (:data:`MODEL_KEYS`, so that its weights fit, whatever the preset
-says). :class:`evokd.chain.runner.Chain` trains it into ``DIR/checkpoints`` (skipped when
+says). :class:`evokd.chain.stage.StageTrainer` trains it into ``DIR/checkpoints`` (skipped when
 finished, resumed from ``checkpoint_last.pt`` when interrupted): fresh optimizer and LR
 schedule, the student's weights. The student and the patched student
 (``checkpoint_best.pt``) are then evaluated on DATA with the plan's ``evaluate:`` settings
@@ -84,36 +84,33 @@ def train_settings(cfg):
     }
 
 
-def build_chain(plan, ws, cfg):
-    from evokd.chain.runner import Chain, Devices
+def stage_trainer(plan, ws, cfg):
+    """The trainer of the patch stage, into ``DIR/checkpoints``."""
+    from evokd.chain.layout import Layout
+    from evokd.chain.stage import StageTrainer
+    from evokd.core.devices import Devices
 
-    chain = Chain(
-        plan,
-        run_name="patch",
-        checkpoints=ws.out,
-        results=ws.out,
-        devices=Devices(gpus=0 if cfg.cpu else None),
-        extra_args=cfg.train_args,
-        stage_dirs={"patch": ws.checkpoints},
-    )
-    return chain
+    layout = Layout(plan, "patch", ws.out, ws.out, stage_dirs={"patch": ws.checkpoints})
+    return StageTrainer(plan, layout, Devices(gpus=0 if cfg.cpu else None), cfg.train_args)
 
 
 def run_train(ws, cfg, inputs):
     """Train (or resume) the patch stage, then evaluate; returns the summary."""
+    from evokd.chain.plan import validate
+
     plan = patch_plan(cfg, inputs, ws)
-    chain = build_chain(plan, ws, cfg)
+    trainer = stage_trainer(plan, ws, cfg)
     stage = plan.stages[0]
-    if chain.is_finished(stage):
+    if trainer.is_finished(stage):
         logger.info("train: %s finished earlier", ws.checkpoints)
     else:
-        chain.check([stage])
-        chain.check_prerequisites(stage)
-        chain.train(stage)
+        validate(plan)
+        trainer.check(stage)
+        trainer.train(stage)
     best = ws.checkpoints / "checkpoint_best.pt"
     if not best.is_file():
         raise EvokdError(f"train: fairseq-train left no {best}")
-    summary = {"checkpoint": str(best), "record": str(ws.checkpoints / "evokd_stage.json")}
+    summary = {"checkpoint": str(best), "record": str(trainer.layout.stage_record_path(stage))}
     if cfg.evaluate:
         summary.update(evaluate_both(ws, cfg, inputs, plan.evaluate, best))
     write_json(ws.results, summary)

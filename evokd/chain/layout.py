@@ -1,0 +1,88 @@
+"""Where a chain's files live, in one place::
+
+CHECKPOINTS/RUN/STAGE/              a stage's folder (or the folder given for it)
+CHECKPOINTS/RUN/STAGE/evokd_stage.json   the stage's record
+CHECKPOINTS/RUN/STAGE/train.log     fairseq's output
+CHECKPOINTS/RUN/caches/TEACHER.DATA.topK   a teacher cache of a (teacher, data) pair
+CHECKPOINTS/RUN/steps/KIND-NAME.json       the record of a teacher step
+DATA.seqkd-RUN-TEACHER[+refs]        sequence-level KD data, beside the plan's data
+RESULTS/RUN/stages/STAGE.json        a stage's evaluation
+RESULTS/RUN/results.{json,md,png}    the report
+"""
+
+from pathlib import Path
+
+from evokd.chain.plan import cache_spec
+
+STAGE_RECORD = "evokd_stage.json"
+
+
+class Layout:
+    """The paths of one run of ``plan`` named ``run_name`` (default: the plan's name).
+
+    ``stage_dirs``: stage name -> folder, for stages kept elsewhere (a recipe's
+    ``--save-dir``, the teachers shared by the seeds of a plan).
+    """
+
+    def __init__(self, plan, run_name=None, checkpoints="checkpoints", results="results",
+                 stage_dirs=None):  # fmt: skip
+        self.plan = plan
+        self.run_name = run_name or plan.name
+        self.checkpoints = Path(checkpoints) / self.run_name
+        self.results = Path(results) / self.run_name
+        self.stage_dirs = dict(stage_dirs or {})
+
+    def stage_dir(self, stage):
+        return Path(self.stage_dirs.get(stage.name, self.checkpoints / stage.name))
+
+    def stage_record_path(self, stage):
+        return self.stage_dir(stage) / STAGE_RECORD
+
+    def train_log(self, stage):
+        return self.stage_dir(stage) / "train.log"
+
+    def best_checkpoint(self, name_or_path):
+        """A stage's best checkpoint, or a checkpoint file given directly."""
+        if name_or_path in self.plan.stage_names:
+            return self.stage_dir(self.plan.stage(name_or_path)) / "checkpoint_best.pt"
+        return Path(name_or_path)
+
+    def model_name(self, ref):
+        """A stage's name, or for a checkpoint file its folder and stem (two files called
+        checkpoint_best.pt name different models)."""
+        if ref in self.plan.stage_names:
+            return ref
+        return f"{Path(ref).parent.name}-{Path(ref).stem}".lstrip("-")
+
+    def stage_data(self, stage):
+        """The binarized folder a stage trains on."""
+        if stage.data:
+            return stage.data
+        if stage.seqkd:
+            spec = stage.seqkd
+            suffix = "+refs" if spec.get("keep-references") else ""
+            teacher = self.model_name(spec["teacher"])
+            run = self.run_name.replace("/", "-")  # tiny/seed2 -> tiny-seed2
+            return f"{self.plan.data.rstrip('/')}.seqkd-{run}-{teacher}{suffix}"
+        return self.plan.data
+
+    def cache_dir(self, stage):
+        """The cache of the stage's (teacher, training data) pair, shared by every stage with
+        the same pair; None for a stage that reads its teacher online."""
+        spec = cache_spec(self.plan, stage)
+        if spec is None:
+            return None
+        teacher = self.model_name(stage.teacher)
+        data = Path(self.stage_data(stage)).name
+        return self.checkpoints / "caches" / f"{teacher}.{data}.top{spec['topk']}"
+
+    @property
+    def steps_dir(self):
+        return self.checkpoints / "steps"
+
+    def step_record_path(self, kind, name):
+        """The record of a teacher step (``cache`` or ``distill``) that made ``name``."""
+        return self.steps_dir / f"{kind}-{name}.json"
+
+    def evaluation_path(self, stage):
+        return self.results / "stages" / f"{stage.name}.json"
