@@ -13,6 +13,7 @@ from sacrebleu.significance import PairedTest
 
 from evokd.chain import curves, seeds
 from evokd.chain.report import markdown_table, seeds_table, significance_table, write_report
+from evokd.chain.results import default_pairs
 from evokd.evaluation import significance
 from evokd.evaluation.evaluate import evaluate_checkpoint, score
 from tests import utils
@@ -122,7 +123,7 @@ def test_default_pairs():
         "student_model", "junior_teacher", "senior_teacher", "junior_student",
         "senior_student", "master_student", "TAKD_assistant_teacher", "TAKD_student",
     ]  # fmt: skip
-    pairs = significance.default_pairs(names, extra=[["master_student", "junior_student"]])
+    pairs = default_pairs(names, extra=[["master_student", "junior_student"]])
     assert pairs == [
         ("junior_student", "student_model"),
         ("senior_student", "student_model"),
@@ -134,14 +135,14 @@ def test_default_pairs():
     ]
     # only stages that exist; a pair once
     extra = [["junior_student", "student_model"], ["nope", "student_model"]]
-    assert significance.default_pairs(["student_model", "junior_student"], extra) == [
+    assert default_pairs(["student_model", "junior_student"], extra) == [
         ("junior_student", "student_model")
     ]
-    assert significance.default_pairs(["master_student", "senior_student"]) == [
+    assert default_pairs(["master_student", "senior_student"]) == [
         ("master_student", "senior_student")
     ]
     with pytest.raises(ValueError, match="pair"):
-        significance.default_pairs(names, extra=[["a", "b", "c"]])
+        default_pairs(names, extra=[["a", "b", "c"]])
 
 
 # --- curves from real fairseq logs -----------------------------------------------------------
@@ -263,7 +264,7 @@ def test_compare_two_real_evaluations(data_bin, trained, monkeypatch):
     assert found["bleu"]["p_value"] == own[1].p_value and found["bleu"]["system_ci"] == own[1].ci
     rows = significance.compare_stages(
         {"student_model": outs[0], "junior_student": outs[1], "master_student": None},
-        significance.default_pairs(["student_model", "junior_student", "master_student"]),
+        default_pairs(["student_model", "junior_student", "master_student"]),
         n_samples=200,
         seed=5,
     )

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 METRICS = ("bleu", "sacrebleu", "chrf")
 DEFAULT_METRICS = ("bleu", "chrf")
-BASELINE = "student_model"
 
 
 def make_metric(name, tokenize=None, lowercase=None):
@@ -237,39 +236,12 @@ def compare_evaluations(baseline, system, metrics=DEFAULT_METRICS, n_samples=100
     return results
 
 
-def default_pairs(stage_names, extra=(), baseline=BASELINE, students=None):
-    """The (system, baseline) pairs that a chain's report compares, read "system against
-    baseline": each student against ``baseline``, ``master_student`` against
-    ``senior_student`` and ``TAKD_student``, then ``extra`` (a plan's ``compare:`` list of
-    ``[a, b]``: a against b). Only pairs of existing, distinct stages, each once, in order.
-
-    ``students``: the student stages; by default those whose name holds ``student``.
-    """
-    names = list(stage_names)
-    if students is None:
-        students = [n for n in names if "student" in n.lower() and n != baseline]
-    pairs = [(s, baseline) for s in students]
-    pairs += [("master_student", "senior_student"), ("master_student", "TAKD_student")]
-    for pair in extra:
-        if len(pair) != 2:
-            raise ValueError(f"compare: {list(pair)}: expected a pair [stage, stage]")
-        missing = [name for name in pair if name not in names]
-        if missing:
-            logger.warning("compare: %s against %s: no stage %s, skipped", *pair, missing[0])
-        pairs.append(tuple(pair))
-    found = []
-    for a, b in pairs:
-        if a in names and b in names and a != b and (a, b) not in found:
-            found.append((a, b))
-    return found
-
-
 def compare_stages(evaluations, pairs, metrics=DEFAULT_METRICS, n_samples=1000, seed=12345):
     """The significance rows of a report: one per (pair, metric).
 
     ``evaluations``: stage name -> evaluation (see :func:`load_evaluation`); ``pairs``:
-    (system, baseline) names, e.g. from :func:`default_pairs`; a pair with a stage not
-    evaluated is left out. Each row is a :func:`paired_bootstrap` result plus ``system_stage``,
+    (system, baseline) names, e.g. from :func:`evokd.chain.results.default_pairs`; a pair
+    with a stage not evaluated is left out. Each row is a :func:`paired_bootstrap` result plus ``system_stage``,
     ``baseline_stage`` and ``key`` (``bleu``, ``sacrebleu`` or ``chrf``).
     """
     rows = []
