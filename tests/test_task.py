@@ -9,6 +9,7 @@ from fairseq import optim
 
 from evokd.core.checkpoint import CheckpointError, load_checkpoint
 from evokd.errors import EvokdError
+from evokd.teachers.live import main_dropouts
 from tests import utils
 
 STUDENT = ["--arch", "transformer_evokd_tiny_student"]
@@ -169,3 +170,44 @@ def test_word_kd_without_teacher(data_bin, tmp_path):
         utils.build_task_model_criterion(
             data_bin, STUDENT + ["--task", "evokd_translation", "--criterion", "word_kd"]
         )
+
+
+def test_teacher_dropout_runs_the_teacher_in_train_mode_without_changing_it(data_bin, teacher_ckpt):
+    flags = STUDENT + kd_flags(teacher_ckpt) + ["--teacher-dropout", "0.3"]
+    cfg, task, model, criterion = utils.build_task_model_criterion(data_bin, flags)
+    teacher = task.teacher.model
+    dropouts = main_dropouts(teacher)
+    # one after the embeddings and one per layer, in each of the encoder and the decoder
+    assert len(dropouts) == 2 * (1 + 2) and all(m.p == 0.3 for m in dropouts)
+    attention = [m for n, m in teacher.named_modules() if n.endswith("self_attn.dropout_module")]
+    assert attention and all(m not in dropouts for m in attention)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    sample = utils.batch(task, range(8))
+    one, two = task.teacher(sample, model), task.teacher(sample, model)
+    assert teacher.training and not one.lprobs.requires_grad
+    assert not torch.allclose(one.lprobs, two.lprobs)  # dropout on: two draws differ
+    optimizer = optim.build_optimizer(cfg.optimizer, list(model.parameters()))
+    task.train_step(sample, model, criterion, optimizer, 0)
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
+
+    _, plain_task, plain_model, _ = utils.build_task_model_criterion(
+        data_bin, STUDENT + kd_flags(teacher_ckpt)
+    )
+    a, b = plain_task.teacher(sample, plain_model), plain_task.teacher(sample, plain_model)
+    assert not plain_task.teacher.model.training and torch.equal(a.lprobs, b.lprobs)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--teacher-dropout", "1.5"], "--teacher-dropout 1.5: expected a probability"),
+        (
+            ["--teacher-dropout", "0.3", "--teacher-cache", "somewhere"],
+            "holds the teacher's eval-mode",
+        ),
+    ],
+)
+def test_teacher_dropout_refused(data_bin, teacher_ckpt, tmp_path, extra, message):
+    out = _fails(data_bin, tmp_path, kd_flags(teacher_ckpt) + extra)
+    assert message in out

@@ -32,6 +32,16 @@ class EvoKDTranslationConfig(TranslationConfig):
             "the training data, --teacher-path when given, and hold K >= --kd-topk (> 0)"
         },
     )
+    teacher_dropout: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "run the live teacher in train mode with its dropout (the --dropout it was "
+            "trained with) set to this value, as the EKD authors' code does (0.3), still "
+            "without gradients; attention and activation dropout stay as trained. Off "
+            "(eval mode, no dropout) by default; refused with --teacher-cache, which holds "
+            "eval-mode outputs"
+        },
+    )
     init_student_from: Optional[str] = field(
         default=None,
         metadata={
@@ -40,6 +50,18 @@ class EvoKDTranslationConfig(TranslationConfig):
             "fresh. Ignored in effect when the run resumes from its own checkpoint_last.pt"
         },
     )
+
+
+def check_teacher_dropout(p, teacher_cache):
+    from evokd.errors import EvokdError
+
+    if not 0 <= p < 1:
+        raise EvokdError(f"--teacher-dropout {p}: expected a probability in [0, 1)")
+    if teacher_cache:
+        raise EvokdError(
+            f"--teacher-dropout {p} with --teacher-cache {teacher_cache}: a cache holds the "
+            "teacher's eval-mode outputs; drop the cache to distil from a teacher with dropout"
+        )
 
 
 @register_task("evokd_translation", dataclass=EvoKDTranslationConfig)
@@ -65,6 +87,8 @@ class EvoKDTranslationTask(TranslationTask):
             check_exists(cfg.teacher_path, "--teacher-path")
         if cfg.init_student_from:
             check_exists(cfg.init_student_from, "--init-student-from")
+        if cfg.teacher_dropout is not None:
+            check_teacher_dropout(cfg.teacher_dropout, cfg.teacher_cache)
         task = super().setup_task(cfg, **kwargs)
         if cfg.teacher_cache:
             task.teacher = TeacherCache(cfg.teacher_cache, pad=task.target_dictionary.pad())
@@ -103,7 +127,7 @@ class EvoKDTranslationTask(TranslationTask):
         if self.cfg.init_student_from:
             copy_weights(model, self.cfg.init_student_from)
         if self.cfg.teacher_path and self.teacher is None:  # a cache, if given, replaces it
-            self.teacher = LiveTeacher(self.cfg.teacher_path, self)
+            self.teacher = LiveTeacher(self.cfg.teacher_path, self, self.cfg.teacher_dropout)
         return model
 
     def get_batch_iterator(self, dataset, *args, epoch=1, **kwargs):

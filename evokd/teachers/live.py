@@ -53,13 +53,23 @@ class TeacherOutput:
 
 
 class LiveTeacher:
-    """A frozen teacher model that runs forward on every training batch."""
+    """A frozen teacher model that runs forward on every training batch.
 
-    def __init__(self, path, task):
+    ``dropout``: None (eval mode, the default), or the probability of the teacher's main
+    dropout in train mode, as the EKD authors' code leaves its teacher (no gradients either
+    way; attention and activation dropout stay as trained).
+    """
+
+    def __init__(self, path, task, dropout=None):
         self.path = path
+        self.dropout = dropout
         self.model = load_frozen_model(path, task)
+        if dropout is not None:
+            for module in main_dropouts(self.model):
+                module.p = dropout
         n = sum(p.numel() for p in self.model.parameters())
-        logger.info(f"teacher {path}: {type(self.model).__name__}, {n:,} parameters, frozen")
+        mode = "frozen" if dropout is None else f"frozen weights, train mode, dropout {dropout}"
+        logger.info(f"teacher {path}: {type(self.model).__name__}, {n:,} parameters, {mode}")
 
     def _follow(self, student):
         """Move the teacher to the student's device and floating dtype if they differ."""
@@ -71,7 +81,21 @@ class LiveTeacher:
     @torch.no_grad()
     def __call__(self, sample, student):
         self._follow(student)
-        self.model.eval()
+        self.model.train(self.dropout is not None)
         net_output = self.model(**sample["net_input"])
         lprobs = self.model.get_normalized_probs(net_output, log_probs=True)  # B x T x V
         return TeacherOutput(lprobs=lprobs.float())
+
+
+def main_dropouts(model):
+    """The dropout modules that apply fairseq's ``--dropout`` (not attention's or the FFN
+    activation's)."""
+    from fairseq.modules import FairseqDropout
+
+    return [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, FairseqDropout)
+        and name.split(".")[-1] == "dropout_module"
+        and not any(part.endswith("attn") for part in name.split(".")[:-1])
+    ]
