@@ -1,14 +1,25 @@
 """The ``evokd`` command: one subcommand per module of this package.
 
-Each subcommand module defines ``add_arguments(parser)`` and ``run(args)``; heavy imports
-live inside ``run`` so that ``evokd --help`` stays fast.
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args)``; torch and
+fairseq are imported inside ``run`` only, so that ``evokd --help`` answers at once (a test
+checks that printing usage imports neither).
+
+What the person at the keyboard sees of a fault is one line: an :class:`EvokdError`'s
+message, a file error with its file and cause, or, after Ctrl-C or SIGTERM, what was
+interrupted and the command that resumes it (exit 130 and 143). ``--verbose`` (or
+``EVOKD_VERBOSE=1``) shows the traceback and the libraries' warnings as well.
 """
 
 import argparse
 import importlib
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
+import traceback
+import warnings
 
 from evokd.errors import EvokdError
 
@@ -58,6 +69,12 @@ def build_parser():
         prog="evokd",
         description="Knowledge distillation for fairseq translation models.",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=os.environ.get("EVOKD_VERBOSE", "") not in ("", "0"),
+        help="show tracebacks and library warnings (also: EVOKD_VERBOSE=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -72,22 +89,52 @@ def build_parser():
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is: every step stops and cleans up as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
     """``evokd COMMAND [options] [-- passthrough flags]``: what follows ``--`` is left
     unparsed in ``args.passthrough`` (extra fairseq flags for the commands that take them)."""
     _setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
+    typed = "evokd " + shlex.join(argv)
     passthrough = []
     if "--" in argv:
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     args.passthrough = passthrough
+    if not args.verbose:
+        warnings.simplefilter("ignore")  # deprecation notes of hydra, omegaconf and fairseq
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args._run(args) or 0
     except EvokdError as exc:
-        print(f"evokd {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, f"error: {exc}", 2)
+    except OSError as exc:  # a full disk, a permission, a missing file: the file and the cause
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        cause = exc.strerror or str(exc)
+        return _fail(args, f"error: {where + ': ' if where else ''}{cause}", 1)
+    except Terminated:
+        return _fail(args, f"terminated (SIGTERM); finished work is kept: {typed!r} resumes", 143)
+    except KeyboardInterrupt:
+        return _fail(args, f"interrupted (Ctrl-C); finished work is kept: {typed!r} resumes", 130)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(args, message, code):
+    if args.verbose:
+        traceback.print_exc()
+    print(f"evokd {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 def add_device_arguments(parser):
