@@ -1,13 +1,15 @@
 """`evokd evaluate` (scores, parameter count, checkpoint averaging, errors) and the report."""
 
+import html
 import json
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import sacrebleu
 import torch
-from sacremoses import MosesDetokenizer
 
 from evokd import cli
 from evokd.chain.report import markdown_table, write_report
@@ -66,12 +68,17 @@ def test_outputs_are_the_files(averaged_result, data_bin):
     # Without raw references: no sacreBLEU/chrF, and a note saying so.
     assert result["sacrebleu"] is None and result["chrf"] is None
     assert any("raw" in note for note in result["notes"])
-    detok = MosesDetokenizer(lang="en")
-    expected = [detok.detokenize(h.split()) for h in hyps_tok]
-    assert lines_of(result["hypotheses"]) == expected
+    # Detokenizing only moves spaces and undoes the Moses escapes (html.unescape's oracle).
+    hyps = lines_of(result["hypotheses"])
+    assert len(hyps) == 40
+    assert [re.sub(r"\s", "", h) for h in hyps] == [
+        re.sub(r"\s", "", html.unescape(h)) for h in hyps_tok
+    ]
     log = lines_of(result["log"])
     assert sum(line.startswith("H-") for line in log) == 40
-    assert result["seconds"] >= 0 and result["sentences_per_second"] > 0
+    # fairseq prints the seconds to 0.1 s, the rate from the unrounded time
+    assert abs(40 / result["sentences_per_second"] - result["seconds"]) <= 0.05 + 1e-6
+    assert result["seconds"] <= result["wall_seconds"]
 
 
 def test_tokenized_bleu_is_fairseq_generates_bleu4(evokd_main, averaged_result, data_bin, tmp_path):
@@ -214,17 +221,22 @@ def test_raw_reference_metrics(prepared_results, prepared):
     result = prepared_results["subset"]
     text = prepared / "text"
     hyps, hyps_tok = lines_of(result["hypotheses"]), lines_of(result["hypotheses_tok"])
-    refs_tok, refs_raw = lines_of(text / "test.tok.en"), lines_of(text / "test.raw.en")
+    refs_tok = lines_of(text / "test.tok.en")
     # 50 is not a multiple of 8: ve-fairseq would drop the last 2 without our flag.
     assert result["n_sentences"] == len(hyps) == 50
     assert result["references"] == str(text / "test.tok.en")
     assert len(hyps_tok) == len(refs_tok) == 50
-    bleu = sacrebleu.BLEU(lowercase=True)
-    assert result["sacrebleu"] == bleu.corpus_score(hyps, [refs_raw]).score
-    assert result["sacrebleu_signature"] == str(bleu.get_signature())
-    chrf = sacrebleu.CHRF(lowercase=True)
-    assert result["chrf"] == chrf.corpus_score(hyps, [refs_raw]).score
-    assert "case:lc" in result["chrf_signature"] and result["chrf"] > 0
+    # the files evokd wrote, scored by the sacrebleu command line
+    raw_file = text / "test.raw.en"
+    sacre = _sacrebleu_cli(raw_file, result["hypotheses"], "-lc")
+    chrf = _sacrebleu_cli(raw_file, result["hypotheses"], "-m", "chrf", "--chrf-lowercase")
+    bleu = _sacrebleu_cli(text / "test.tok.en", result["hypotheses_tok"], "-tok", "none")
+    assert result["sacrebleu"] == pytest.approx(sacre["score"], abs=5e-5)
+    assert result["chrf"] == pytest.approx(chrf["score"], abs=5e-5) and result["chrf"] > 0
+    assert result["bleu"] == pytest.approx(bleu["score"], abs=5e-5)
+    for key, found in (("sacrebleu", sacre), ("chrf", chrf), ("bleu", bleu)):
+        assert result[f"{key}_signature"] == found["signature"]
+    assert "case:lc" in result["chrf_signature"] and "tok:13a" in result["sacrebleu_signature"]
     assert result["notes"] == []
 
 
@@ -238,6 +250,48 @@ def test_raw_text_files_score_like_the_binarized_split(prepared_results):
     assert lines_of(raw["references"]) == lines_of(subset["references"])
     for key in ("n_sentences", "bleu", "sacrebleu", "chrf", "parameters", "chrf_signature"):
         assert raw[key] == subset[key], key
+
+
+def _sacrebleu_cli(refs, hyps, *flags):
+    """The sacrebleu command line's score (4 decimals) and signature of a hypothesis file."""
+    cmd = [str(Path(sys.executable).parent / "sacrebleu"), str(refs), "-i", str(hyps), "-w", "4"]
+    done = subprocess.run(cmd + ["--force", *flags], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+# --- the metrics: golden values of the sacrebleu command line (2.6.0), computed once ---------
+
+HYPS_TOK = ["a man is riding a horse on the beach .", "two dogs play in the snow .",
+            "it &apos;s a small red car ."]  # fmt: skip
+REFS_TOK = ["a man rides a horse on the beach .", "two dogs are playing in the snow .",
+            "it &apos;s a little red car ."]  # fmt: skip
+REFS_RAW = ["A man rides a horse on the beach.", "Two dogs are playing in the snow.",
+            "It's a little red car."]  # fmt: skip
+HYPS_DETOK = ["a man is riding a horse on the beach.", "two dogs play in the snow.",
+              "it's a small red car."]  # fmt: skip
+# sacrebleu REF -i HYP -w 4 with: -tok none --force; -lc; -m chrf --chrf-lowercase
+GOLDEN = {"bleu": 50.6557, "sacrebleu": 50.1337, "chrf": 62.2496}
+
+
+def test_metrics_are_the_sacrebleu_command_lines():
+    from evokd.core.metrics import detokenize, score
+
+    assert detokenize(HYPS_TOK, "en") == HYPS_DETOK
+    scores = score(HYPS_TOK, REFS_TOK, HYPS_DETOK, REFS_RAW)
+    for key, value in GOLDEN.items():
+        assert scores[key] == pytest.approx(value, abs=5e-5), key
+    assert scores["bleu_signature"] == SIGNATURES["bleu_signature"]
+    assert scores["sacrebleu_signature"] == SIGNATURES["sacrebleu_signature"]
+    assert scores["chrf_signature"] == SIGNATURES["chrf_signature"]
+    assert set(score(HYPS_TOK, REFS_TOK)) == {"bleu", "bleu_signature"}  # no raw references
+
+
+def test_sentence_chrf_is_the_command_lines():
+    from evokd.core.metrics import sentence_chrf
+
+    # sacrebleu R -i H -m chrf --sentence-level -w 4 (case-sensitive, sacrebleu's defaults)
+    assert sentence_chrf(HYPS_TOK[0], REFS_TOK[0]) == pytest.approx(70.9715, abs=5e-5)
+    assert sentence_chrf(HYPS_TOK[0].upper(), REFS_TOK[0]) < 70
 
 
 # --- errors before any work ----------------------------------------------------------------

@@ -7,8 +7,9 @@ outputs serve several tests.
 
 import json
 import shutil
+import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import ctranslate2
 import pytest
@@ -50,16 +51,15 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(prepared, tmp_path_factory):
-    """(teacher, student) checkpoints, trained side by side for one epoch each."""
+    """(teacher, student) checkpoints, trained in this process for one epoch each."""
     root = tmp_path_factory.mktemp("models")
     wider = ["--encoder-embed-dim", "48", "--decoder-embed-dim", "48"]
     jobs = [
         ("teacher", "transformer_evokd_tiny_senior", wider),
         ("student", "transformer_evokd_tiny_student", []),
     ]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        for future in [pool.submit(utils.train, prepared, root / n, a, e) for n, a, e in jobs]:
-            future.result()
+    for name, arch, extra in jobs:  # one at a time: fairseq's config is process-global
+        utils.train(prepared, root / name, arch, extra)
     return root / "teacher" / "checkpoint_last.pt", root / "student" / "checkpoint_last.pt"
 
 
@@ -87,20 +87,39 @@ def _main_capturing(argv):
     return code, buffer.getvalue()
 
 
+def _sacrebleu_cli(refs, hyps, *flags):
+    """The sacrebleu command line's score (4 decimals) of a hypothesis file."""
+    cmd = [str(Path(sys.executable).parent / "sacrebleu"), str(refs), "-i", str(hyps), "-w", "4"]
+    cmd += ["--force", "-b", *flags]
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
 # --- bench-translate ---------------------------------------------------------------------------
 
 
-def test_bench_reports_the_four_systems(bench):
+def test_bench_reports_the_four_systems(bench, prepared):
     result, printed, _ = bench
     rows = result["rows"]
     assert [r["system"] for r in rows] == SYSTEMS
     for row in rows:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
-        assert row["sentences_per_second"] > 0 and row["seconds"] > 0
-        assert 0 <= row["bleu"] <= 100 and 0 <= row["chrf"] <= 100  # prepared: raw references
-        assert row["sacrebleu"] is not None
+        # the rate is the sentences over the seconds (fairseq prints them to 0.1 s)
+        assert row["seconds"] * row["sentences_per_second"] == pytest.approx(
+            30, abs=0.05 * row["sentences_per_second"] + 0.01
+        )
+        speedup = row["sentences_per_second"] / rows[0]["sentences_per_second"]
+        assert row["speedup"] == pytest.approx(speedup, abs=1e-3)
+        assert row["bleu_lost"] == pytest.approx(rows[1]["bleu"] - row["bleu"], abs=1e-4)
         assert row["system"] in printed
-    assert rows[0]["speedup"] == 1.0 and rows[1]["bleu_lost"] == 0.0
+    # the student's files, scored by the sacrebleu command line (prepared: raw references)
+    text, work = prepared / "text", bench[2]
+    bleu = _sacrebleu_cli(text / "test.tok.en", work / "student.hyp.tok.en", "-tok", "none")
+    chrf = _sacrebleu_cli(text / "test.raw.en", work / "student.hyp.en", "-m", "chrf",
+                          "--chrf-lowercase")  # fmt: skip
+    sacre = _sacrebleu_cli(text / "test.raw.en", work / "student.hyp.en", "-lc")
+    assert rows[1]["bleu"] == pytest.approx(bleu, abs=5e-5)
+    assert rows[1]["chrf"] == pytest.approx(chrf, abs=5e-5)
+    assert rows[1]["sacrebleu"] == pytest.approx(sacre, abs=5e-5)
     assert rows[1]["parameters"] < rows[0]["parameters"]
     assert [r["quantization"] for r in rows[2:]] == ["float32", "int8"]
     assert rows[3]["model_bytes"] < rows[2]["model_bytes"]

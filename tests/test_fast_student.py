@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from evokd import cli
-from evokd.deploy import bench_translate
+from evokd.deploy import bench_translate, engines, timing, workload
 from evokd.errors import EvokdError
 from tests import utils
 
@@ -160,14 +160,23 @@ def test_bench_reports_throughput_latency_and_files(greedy):
         "student 6+1 (32) (CTranslate2 float32)",
         "teacher (CTranslate2 float32)",
     ]
+    base, reference = rows[0], rows[1]
     for row in rows:
-        assert row["beam"] == 1 and row["sentences_per_second"] > 0
-        assert row["target_tokens_per_second"] > 0 and row["target_tokens"] > 0
+        assert row["beam"] == 1 and row["system"] in printed
+        # tokens per second over the sentences' time (fairseq: its rate, seconds rounded)
+        seconds = N_TEST / row["sentences_per_second"]
+        assert row["target_tokens_per_second"] == pytest.approx(
+            row["target_tokens"] / seconds, rel=0.01, abs=0.1
+        )
+        assert row["target_tokens"] >= N_TEST  # at least one token a sentence
         assert 0 < row["latency_median_ms"] <= row["latency_p90_ms"]
-        assert row["bleu"] is not None and row["bleu_lost"] is not None
-        assert row["system"] in printed
-    assert rows[1]["bleu_lost"] == 0.0 and rows[0]["speedup"] == 1.0
-    assert rows[0]["latency_speedup"] == 1.0
+        # the ratios are over the teacher in fairseq and the first student in fairseq
+        speedup = row["sentences_per_second"] / base["sentences_per_second"]
+        assert row["speedup"] == pytest.approx(speedup, abs=1e-3)
+        latency = base["latency_median_ms"] / row["latency_median_ms"]
+        assert row["latency_speedup"] == pytest.approx(latency, abs=1e-3)
+        assert row["bleu_lost"] == pytest.approx(reference["bleu"] - row["bleu"], abs=1e-4)
+        assert 0 <= row["bleu"] <= 100
     assert result["meta"]["beams"] == [1] and result["meta"]["latency_sentences"] == 4
     # the table and the plot beside the JSON
     assert (root / "bench.md").read_text().startswith("| system | sentences/s | speed-up |")
@@ -181,22 +190,22 @@ def test_fixed_length_outputs_have_the_reference_lengths(prepared, models):
     """Both engines, beam 5 and greedy, every batch of the plan: exactly L tokens."""
     from evokd.deploy.export import export_ct2
 
-    run = bench_translate._Run(prepared, "test", "de", "en", batch_size=8, max_len=MAX_LEN,
-                               threads=1, device="cpu")  # fmt: skip
+    run = workload.Workload(prepared, "test", "de", "en", batch_size=8, max_len=MAX_LEN,
+                                threads=1, device="cpu")  # fmt: skip
     run.fix_lengths()
     assert sorted(i for _, ids in run.batches for i in ids) == list(range(N_TEST))
     assert all(len(ids) <= 8 for _, ids in run.batches)
     student = models["student_5_1"]
     folder = prepared.parent / "s51-int8"
     export_ct2(student, folder, prepared, "int8", force=True)
-    ct2 = bench_translate.load_ct2(folder, threads=1)
+    ct2 = engines.load_ct2(folder, threads=1)
     for beam in (5, 1):
-        fairseq = bench_translate.fairseq_translator(student, prepared, "test", beam, "cpu")
+        fairseq = engines.fairseq_translator(student, prepared, "test", beam, "cpu")
         for call in (run.fairseq_call(fairseq), run.ct2_call(ct2, beam)):
             hyps, _ = run.batched(call, run.batches)
             assert [len(h) for h in hyps] == run.lengths
     # free to stop, the model gives other lengths: the lengths above were forced
-    free, _ = bench_translate.translate_fairseq(fairseq, list(range(N_TEST)), max_len=MAX_LEN)
+    free, _ = engines.translate_fairseq(fairseq, list(range(N_TEST)), max_len=MAX_LEN)
     assert [len(h) for h in free] != run.lengths
 
 
@@ -212,7 +221,7 @@ def fixed(prepared, models, tmp_path_factory):
     return result, printed, root
 
 
-def test_fixed_length_is_a_cost_measurement(fixed):
+def test_fixed_length_is_a_cost_measurement(fixed, prepared):
     result, printed, root = fixed
     meta, rows = result["meta"], result["rows"]
     assert meta["fixed_length"] and "no BLEU" in meta["mode"] and meta["max_len"] is None
@@ -223,8 +232,9 @@ def test_fixed_length_is_a_cost_measurement(fixed):
         assert row["bleu"] is None and row["bleu_lost"] is None
         if row["engine"] == "ctranslate2":  # the same lengths as fairseq's, sentence by sentence
             assert row["same_length_as_fairseq"] == 1.0
-    # every system did the same work: as many target tokens
-    assert len({r["target_tokens"] for r in rows}) == 1
+    # every system did the same work: the references' target tokens
+    lengths = workload.reference_lengths(prepared, "test", "de", "en")
+    assert {r["target_tokens"] for r in rows} == {sum(lengths)}
     assert (root / "fixed.png").is_file() and (root / "fixed.md").is_file()
     profiles = sorted(p.name for p in (root / "profile").iterdir())
     assert profiles == sorted(
@@ -239,7 +249,7 @@ def test_fixed_length_is_a_cost_measurement(fixed):
 def test_latency_comes_from_one_sentence_calls(prepared, models, monkeypatch):
     """The warm-up and every latency call translate one sentence, the first N in order."""
     calls = {"fairseq": [], "ct2": []}
-    real_fairseq, real_ct2 = bench_translate.translate_fairseq, bench_translate.translate_ct2
+    real_fairseq, real_ct2 = engines.translate_fairseq, engines.translate_ct2
 
     def fairseq(translator, ids, **kwargs):
         calls["fairseq"].append(list(ids))
@@ -249,15 +259,15 @@ def test_latency_comes_from_one_sentence_calls(prepared, models, monkeypatch):
         calls["ct2"].append(list(source))
         return real_ct2(translator, source, **kwargs)
 
-    monkeypatch.setattr(bench_translate, "translate_fairseq", fairseq)
-    monkeypatch.setattr(bench_translate, "translate_ct2", ct2)
+    monkeypatch.setattr(engines, "translate_fairseq", fairseq)
+    monkeypatch.setattr(engines, "translate_ct2", ct2)
     result = bench_translate.run_bench_translate(
         models["teacher"], [models["student_5_1"]], prepared, beams=[1], batch_size=8,
         threads=1, cpu=True, fixed_length=True, latency_sentences=4, student_ct2=["int8"],
     )  # fmt: skip
-    source = bench_translate.source_tokens(prepared, "test", "de", "en")
-    n_batches = len(bench_translate.fixed_length_batches(
-        bench_translate.reference_lengths(prepared, "test", "de", "en"),
+    source = workload.source_tokens(prepared, "test", "de", "en")
+    n_batches = len(workload.fixed_length_batches(
+        workload.reference_lengths(prepared, "test", "de", "en"),
         [len(s) for s in source], 8))  # fmt: skip
     latency_ids = [[0], [0], [1], [2], [3]]  # one untimed call, then one call per sentence
     assert calls["fairseq"][:5] == latency_ids  # the teacher
@@ -273,7 +283,7 @@ def test_repeats_keep_each_systems_fastest_round():
         return {"sentences_per_second": sps, "latency_median_ms": median, "latency_p90_ms": p90}
 
     rounds = [[row(10, 5.0, 9.0), row(30, 2.0, 4.0)], [row(12, 6.0, 8.0), row(20, 1.0, 5.0)]]
-    assert bench_translate._fastest(rounds) == [row(12, 5.0, 8.0), row(30, 1.0, 4.0)]
+    assert timing.fastest(rounds) == [row(12, 5.0, 8.0), row(30, 1.0, 4.0)]
 
 
 # --- errors ------------------------------------------------------------------------------------

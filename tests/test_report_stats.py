@@ -8,14 +8,14 @@ import statistics
 from pathlib import Path
 
 import pytest
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
 from evokd.chain import curves, seeds
 from evokd.chain.report import markdown_table, seeds_table, significance_table, write_report
 from evokd.chain.results import default_pairs
 from evokd.evaluation import significance
-from evokd.evaluation.evaluate import evaluate_checkpoint, score
+from evokd.evaluation.evaluate import evaluate_checkpoint
 from tests import utils
 
 WORDS = "a man in a red shirt is riding a horse on the beach while two dogs play".split()
@@ -59,28 +59,43 @@ def sacrebleu_paired(base, system, refs, metric, n_samples, seed, monkeypatch):
 # --- significance ----------------------------------------------------------------------------
 
 
-def test_bootstrap_equals_sacrebleus_own(texts, monkeypatch):
+# sacrebleu refs.txt -i base.txt sys.txt --paired-bs --paired-bs-n 300 -w 4 with
+# SACREBLEU_SEED=7, one metric per run (``-m bleu --tokenize none --force``; ``-m chrf``), on
+# the ``texts`` fixture written to files: computed once with sacrebleu 2.6.0's command line.
+# (score, mean, 95% half-width) of the baseline and the system, and the p-value (1/301).
+GOLDEN_BOOTSTRAP = {
+    "bleu": ((26.8811, 27.1059, 6.9561), (53.9360, 53.5762, 9.8976), 0.0033),
+    "chrf": ((47.7585, 47.9404, 6.3959), (66.4309, 66.3908, 7.4216), 0.0033),
+}
+
+
+def test_bootstrap_is_sacrebleus_command_line(texts, monkeypatch):
     base, system, refs = texts["base"], texts["sys"], texts["refs"]
     monkeypatch.delenv("SACREBLEU_SEED", raising=False)
     found = significance.compare(base, system, refs, n_samples=300, seed=7)
     assert set(found) == {"bleu", "chrf"} and "SACREBLEU_SEED" not in os.environ
-    metrics = {"bleu": BLEU(tokenize="none", force=True), "chrf": CHRF()}
-    for key, metric in metrics.items():
-        own_base, own_sys = sacrebleu_paired(base, system, refs, metric, 300, 7, monkeypatch)
+    close = {"abs": 5e-5}
+    for key, (own_base, own_sys, p_value) in GOLDEN_BOOTSTRAP.items():
         result = found[key]
-        assert result["baseline"] == own_base.score and result["system"] == own_sys.score
-        assert result["difference"] == pytest.approx(own_sys.score - own_base.score, abs=1e-12)
-        assert result["p_value"] == own_sys.p_value
-        assert (result["system_mean"], result["system_ci"]) == (own_sys.mean, own_sys.ci)
-        assert (result["baseline_mean"], result["baseline_ci"]) == (own_base.mean, own_base.ci)
-        assert result["system_interval"] == [own_sys.mean - own_sys.ci, own_sys.mean + own_sys.ci]
+        got_base = (result["baseline"], result["baseline_mean"], result["baseline_ci"])
+        got_sys = (result["system"], result["system_mean"], result["system_ci"])
+        assert got_base == pytest.approx(own_base, **close), key
+        assert got_sys == pytest.approx(own_sys, **close), key
+        assert result["p_value"] == pytest.approx(p_value, abs=5e-5) and result["p_value"] > 0
+        assert result["difference"] == pytest.approx(own_sys[0] - own_base[0], abs=1e-4)
+        low, high = result["system_interval"]
+        assert (high + low) / 2 == pytest.approx(own_sys[1], **close)
+        assert (high - low) / 2 == pytest.approx(own_sys[2], **close)
         assert result["n_samples"] == 300 and result["seed"] == 7 and result["n_sentences"] == 40
         assert "bs:300" in result["signature"] and "seed:7" in result["signature"]
     assert found["bleu"]["metric"] == "BLEU" and found["chrf"]["metric"] == "chrF2"
-    # the seed is the one given, and sacrebleu's variable is put back as it was
+    assert "tok:none" in found["bleu"]["signature"]
+    assert "case:mixed" in found["chrf"]["signature"]
+    # the seed is the one given (seed 8: 10.3520 by the same command line), and sacrebleu's
+    # variable is put back as it was
     monkeypatch.setenv("SACREBLEU_SEED", "99")
     other = significance.compare(base, system, refs, n_samples=300, seed=8)
-    assert other["bleu"]["system_ci"] != found["bleu"]["system_ci"]
+    assert other["bleu"]["system_ci"] == pytest.approx(10.3520, **close)
     assert os.environ["SACREBLEU_SEED"] == "99"
 
 
@@ -99,14 +114,14 @@ def test_compare_evaluations_scores_like_evaluate(texts, monkeypatch):
         evaluation(texts["base_file"]), evaluation(texts["sys_file"]), n_samples=200, seed=3
     )
     refs = texts["refs"]
-    for side, hyps in (("baseline", texts["base"]), ("system", texts["sys"])):
-        scores = score(hyps, refs, hyps, refs)
-        assert found["bleu"][side] == scores["bleu"] and found["chrf"][side] == scores["chrf"]
-    own = sacrebleu_paired(
-        texts["base"], texts["sys"], refs, CHRF(lowercase=True), 200, 3, monkeypatch
-    )
-    assert found["chrf"]["p_value"] == own[1].p_value
-    assert found["chrf"]["system_ci"] == own[1].ci
+    # the scores of GOLDEN_BOOTSTRAP (the text is lowercase: chrF case-insensitive or not)
+    for side, k in (("baseline", 0), ("system", 1)):
+        assert found["bleu"][side] == pytest.approx(GOLDEN_BOOTSTRAP["bleu"][k][0], abs=5e-5)
+        assert found["chrf"][side] == pytest.approx(GOLDEN_BOOTSTRAP["chrf"][k][0], abs=5e-5)
+    # SACREBLEU_SEED=3 sacrebleu ... --paired-bs-n 200 -m chrf --chrf-lowercase -w 4
+    assert found["chrf"]["p_value"] == pytest.approx(0.0050, abs=5e-5)
+    assert found["chrf"]["system_ci"] == pytest.approx(7.0265, abs=5e-5)
+    assert "case:lc" in found["chrf"]["signature"]
 
     with pytest.raises(ValueError, match="n_sentences"):
         significance.compare_evaluations(
@@ -236,7 +251,10 @@ def test_init_from_continues_the_source_line(trained, tmp_path):
     assert [x for x, _ in found["curves"]["master_student"]] == [x + 100 for x, _ in own]
 
     png = tmp_path / "curves.png"
-    assert curves.write_curves(stages, png, title="micro chain") is not None
+    drawn = curves.write_curves(stages, png, title="micro chain")
+    # what it drew: BLEU by default, every stage's points, the master's after junior's 100
+    assert drawn["metric"] == "bleu" and drawn["curves"]["junior_student"] == own
+    assert drawn["curves"]["master_student"] == [(x + 100, y) for x, y in own]
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert curves.write_curves(stages[-1:], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()

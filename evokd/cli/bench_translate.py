@@ -37,8 +37,17 @@ examples:
 
 
 def add_arguments(parser):
-    parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
-    parser.add_argument(
+    _add_inputs(parser)
+    _add_decoding(parser)
+    _add_systems(parser)
+    _add_outputs(parser)
+
+
+def _add_inputs(parser):
+    """The models and the test set."""
+    group = parser.add_argument_group("inputs")
+    group.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    group.add_argument(
         "--student",
         required=True,
         action="append",
@@ -46,17 +55,22 @@ def add_arguments(parser):
         help="student checkpoint; repeat for several students (the first is the reference "
         "of BLEU lost)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--data",
         required=True,
         metavar="DATA_BIN",
         help="the binarized data all were trained on (made by `evokd prepare` for the "
         "tokenized and raw references)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--subset", default="test", metavar="SPLIT", help="split to translate (default: test)"
     )
-    parser.add_argument(
+
+
+def _add_decoding(parser):
+    """Decoding and what is measured, the same for every system."""
+    group = parser.add_argument_group("decoding")
+    group.add_argument(
         "--beam",
         dest="beams",
         type=int,
@@ -65,7 +79,7 @@ def add_arguments(parser):
         metavar="N",
         help="beam sizes, each measured in turn; 1 is greedy search (default: 5 1)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--batch-size",
         "--max-sentences",
         dest="batch_size",
@@ -74,7 +88,7 @@ def add_arguments(parser):
         metavar="N",
         help="sentences per batch, for every system (default: %(default)s)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--max-len",
         type=int,
         default=200,
@@ -82,13 +96,13 @@ def add_arguments(parser):
         help="longest translation in tokens, end of sentence excluded (fairseq "
         "--max-len-b; default: %(default)s; not used with --fixed-length)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--fixed-length",
         action="store_true",
         help="cost measurement, no BLEU: force every output to its reference's length "
         "(in target BPE pieces), for untrained models at equal work",
     )
-    parser.add_argument(
+    group.add_argument(
         "--latency-sentences",
         type=int,
         default=100,
@@ -96,7 +110,12 @@ def add_arguments(parser):
         help="translate the first N sentences one per call for the latency figures "
         "(0: no latency; default: %(default)s)",
     )
-    parser.add_argument(
+
+
+def _add_systems(parser):
+    """Which systems, and the threads and device they share."""
+    group = parser.add_argument_group("systems")
+    group.add_argument(
         "--student-ct2",
         nargs="*",
         default=["float32", "int8"],
@@ -104,14 +123,14 @@ def add_arguments(parser):
         help="CTranslate2 weight types of the students (none: give the flag alone; "
         "default: float32 int8)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--teacher-ct2",
         nargs="*",
         default=[],
         metavar="QUANT",
         help="also the teacher in CTranslate2 with these weight types, e.g. int8 (default: none)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -120,26 +139,31 @@ def add_arguments(parser):
         "other jobs on the machine slow all alike), and keep each one's fastest round "
         "(default: %(default)s)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--threads",
         type=int,
         metavar="N",
         help="CPU threads for every system (default: the cores this process may use)",
     )
-    parser.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
-    parser.add_argument(
+    group.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
+
+
+def _add_outputs(parser):
+    """Where the results, models and profiles go."""
+    group = parser.add_argument_group("output")
+    group.add_argument(
         "--work-dir",
         metavar="DIR",
         help="keep the CTranslate2 models, hypotheses and fairseq-generate logs here "
         "(default: a temporary folder, removed afterwards)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--profile",
         metavar="DIR",
         help="with --fixed-length: run fairseq's batched translation under cProfile and "
         "write each system's most expensive functions into DIR",
     )
-    parser.add_argument(
+    group.add_argument(
         "--json", metavar="FILE", help="also write the results here, the table and plot beside"
     )
 

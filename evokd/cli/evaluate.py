@@ -6,7 +6,7 @@ on the CPU) and keeps its whole output in a .generate.log file. Three scores:
   BLEU (tokenized)  what the EKD paper reports (multi-bleu.perl / fairseq BLEU4 style): the
                     lowercased Moses-tokenized output against DATA/text/SUBSET.tok.TGT of a
                     folder made by `evokd prepare` (else against fairseq-generate's T- lines),
-                    sacrebleu.corpus_bleu(..., tokenize="none")
+                    compared as they are (sacrebleu BLEU with tokenize none)
   sacreBLEU, chrF   the output detokenized with sacremoses against the raw references
                     DATA/text/SUBSET.raw.TGT, case-insensitive (the models write lowercase);
                     skipped when the data has no raw references

@@ -58,3 +58,14 @@ def binarized_files(data_bin, src, tgt):
     for split in SPLITS:
         files += [out / name for name in subset_files(split, f"{src}-{tgt}", (src, tgt))]
     return files
+
+
+def existing_text(data_bin, split, lang, kind):
+    """:func:`text_path` if that file is there, else None (also for a split without such
+    text, or a folder not made by ``evokd prepare``): e.g. the raw references of a split
+    are ``existing_text(data, "test", tgt, "raw")``."""
+    try:
+        path = text_path(data_bin, split, lang, kind)
+    except ValueError:  # no such kind of file for this split
+        return None
+    return path if path.is_file() else None

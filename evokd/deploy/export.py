@@ -26,7 +26,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from evokd.core.checkpoint import architecture, load_checkpoint, model_config, register_safe_globals
+from evokd.core.checkpoint import (
+    architecture,
+    check_dictionaries,
+    languages,
+    load_checkpoint,
+    model_config,
+    register_safe_globals,
+)
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
@@ -137,8 +144,6 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
     ``evokd_export.json``: checkpoint, architecture, data, source_lang, target_lang,
     quantization, model_bytes, ctranslate2 (its version).
     """
-    from evokd.evaluation.evaluate import check_dictionaries, languages
-
     if quantization not in QUANTIZATIONS:
         raise EvokdError(
             f"--quantization {quantization}: expected one of {', '.join(QUANTIZATIONS)}"
@@ -149,7 +154,7 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
     state = load_checkpoint(str(checkpoint), "CKPT")
     data = resolve_data(state, data, checkpoint)
     src, tgt = languages(state, data)
-    check_dictionaries(state, data, src, tgt)
+    check_dictionaries(state, checkpoint, data, src, tgt, "CKPT")
     args = _converter_args(state, data, src, tgt, checkpoint)
     _check_architecture(args, checkpoint)
 

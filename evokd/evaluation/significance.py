@@ -15,7 +15,7 @@ What it gives, per metric:
   one (sacrebleu's, with the +1 correction): small means the difference is unlikely to be
   chance.
 
-The metrics are those of :func:`evokd.evaluation.evaluate.score`: ``bleu`` is tokenized BLEU (the
+The metrics are those of :mod:`evokd.core.metrics`: ``bleu`` is tokenized BLEU (the
 paper's: lowercased Moses-tokenized text, ``tokenize="none"``), ``sacrebleu`` and ``chrf``
 score the detokenized output against the raw references, case-insensitively.
 """
@@ -26,29 +26,13 @@ import logging
 import os
 from pathlib import Path
 
+from evokd.core.metrics import metric as build_metric
+from evokd.data.layout import existing_text, read_metadata
+from evokd.errors import EvokdError
+
 logger = logging.getLogger(__name__)
 
-METRICS = ("bleu", "sacrebleu", "chrf")
 DEFAULT_METRICS = ("bleu", "chrf")
-
-
-def make_metric(name, tokenize=None, lowercase=None):
-    """The sacrebleu metric behind one of evokd's scores (as
-    :func:`evokd.evaluation.evaluate.score`).
-
-    ``name``: ``bleu`` (tokenized BLEU), ``sacrebleu`` or ``chrf``; ``tokenize`` and
-    ``lowercase`` override the defaults of that score.
-    """
-    from sacrebleu.metrics import BLEU, CHRF
-
-    if name == "bleu":
-        tokenize = "none" if tokenize is None else tokenize
-        return BLEU(tokenize=tokenize, lowercase=bool(lowercase), force=tokenize == "none")
-    if name == "sacrebleu":
-        return BLEU(lowercase=True if lowercase is None else lowercase, tokenize=tokenize)
-    if name == "chrf":
-        return CHRF(lowercase=True if lowercase is None else lowercase)
-    raise ValueError(f"unknown metric {name!r} (expected one of {', '.join(METRICS)})")
 
 
 @contextlib.contextmanager
@@ -140,11 +124,9 @@ def compare(
     BLEU; ``13a`` for sacreBLEU on raw text); ``lowercase`` applies to both metrics.
     Returns ``{"bleu": result, "chrf": result}``, each as :func:`paired_bootstrap`.
     """
-    from sacrebleu.metrics import BLEU, CHRF
-
     metrics = {
-        "bleu": BLEU(tokenize=tokenize, lowercase=lowercase, force=tokenize == "none"),
-        "chrf": CHRF(lowercase=lowercase),
+        "bleu": build_metric("bleu", tokenize=tokenize, lowercase=lowercase),
+        "chrf": build_metric("chrf", lowercase=lowercase),
     }
     return {
         key: paired_bootstrap(baseline_hyps, system_hyps, refs, metric, n_samples, seed)
@@ -191,15 +173,11 @@ def _raw_references(evaluation):
         return evaluation["ref_file"]
     if evaluation.get("chrf") is None or not evaluation.get("subset"):
         return None
-    from evokd.data import text_path
-
-    # evaluate writes {stem}.hyp.tok.{tgt}: the target language is the last suffix
-    tgt = Path(evaluation["hypotheses_tok"]).name.rsplit(".", 1)[-1]
     try:
-        path = text_path(evaluation["data"], evaluation["subset"], tgt, "raw")
-    except ValueError:  # a split without raw text
+        tgt = read_metadata(evaluation["data"])["tgt"]
+    except EvokdError:  # not a folder made by evokd prepare: no raw references
         return None
-    return path if Path(path).is_file() else None
+    return existing_text(evaluation["data"], evaluation["subset"], tgt, "raw")
 
 
 def _inputs(evaluation, metric):
@@ -231,7 +209,7 @@ def compare_evaluations(baseline, system, metrics=DEFAULT_METRICS, n_samples=100
             logger.info("paired test: no raw references, %s skipped", name)
             continue
         results[name] = paired_bootstrap(
-            _read(base_hyps), _read(sys_hyps), _read(refs), make_metric(name), n_samples, seed
+            _read(base_hyps), _read(sys_hyps), _read(refs), build_metric(name), n_samples, seed
         )
     return results
 
@@ -241,8 +219,8 @@ def compare_stages(evaluations, pairs, metrics=DEFAULT_METRICS, n_samples=1000, 
 
     ``evaluations``: stage name -> evaluation (see :func:`load_evaluation`); ``pairs``:
     (system, baseline) names, e.g. from :func:`evokd.chain.results.default_pairs`; a pair
-    with a stage not evaluated is left out. Each row is a :func:`paired_bootstrap` result plus ``system_stage``,
-    ``baseline_stage`` and ``key`` (``bleu``, ``sacrebleu`` or ``chrf``).
+    with a stage not evaluated is left out. Each row is a :func:`paired_bootstrap` result
+    plus ``system_stage``, ``baseline_stage`` and ``key`` (``bleu``, ``sacrebleu`` or ``chrf``).
     """
     rows = []
     for system, baseline in pairs:

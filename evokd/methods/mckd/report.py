@@ -10,6 +10,7 @@ with no detokenization.
 import os
 
 from evokd import files as steps
+from evokd.core.metrics import corpus_score, metric
 from evokd.data.folder import load_side
 
 FORMAT = "evokd-mckd/1"
@@ -17,7 +18,7 @@ HALVES = ("A", "B")
 METHOD = "collaborative multi-stage relabelling (after MCKD, Zhao et al., ACL 2024)"
 METRIC_NOTE = (
     "labels and training references decoded with the target dictionary, BPE '@@ ' removed, "
-    "scored as tokenized text: sacrebleu CHRF() and BLEU(tokenize='none')"
+    "scored as tokenized text: sacrebleu's chrF (default settings) and BLEU with tokenize='none'"
 )
 
 
@@ -43,8 +44,6 @@ def references(run):
 def score_labels(run, k, ids, refs):
     """chrF and BLEU of stage ``k``'s labels (both halves, and each) against ``refs``; kept in
     ``labels/stage{k}/scores.json`` while the labels are unchanged."""
-    from sacrebleu.metrics import BLEU, CHRF
-
     folder, cache = run.labels(k), run.labels(k) / "scores.json"
     stamp = {h: _stamp(run.labels(k, h) / f"train.{run.pair}.{run.tgt}.bin") for h in HALVES}
     if cache.is_file() and steps.read_json(cache).get("stamp") == stamp:
@@ -60,14 +59,15 @@ def score_labels(run, k, ids, refs):
     scores = {"stage": k, "pairs": n, "stamp": stamp}
     for part in ("all", *HALVES):
         suffix = "" if part == "all" else f"_{part}"
-        for name, metric in (("chrf", CHRF()), ("bleu", BLEU(tokenize="none", force=True))):
-            scores[name + suffix] = metric.corpus_score(hyps[part], [parts[part]]).score
-            scores[f"{name}_signature"] = str(metric.get_signature())
+        for name, scorer in (("chrf", metric("chrf", lowercase=False)), ("bleu", metric("bleu"))):
+            scores[name + suffix], scores[f"{name}_signature"] = corpus_score(
+                scorer, hyps[part], parts[part]
+            )
     steps.write_json(cache, scores)
     return scores
 
 
-def report(run, ids, labels, students, chain, final, test):
+def report(run, ids, labels, students, trainer, final, test):
     """The content of ``mckd.json``: settings, the labels' scores, the students, the steps."""
     seconds = {s["step"]: s["seconds"] for s in run.records}
     for row in labels:
@@ -88,11 +88,12 @@ def report(run, ids, labels, students, chain, final, test):
          "seconds": record["wall_seconds"]}
         for k, half, stage, record in students
     ]  # fmt: skip
-    record = chain.record(final)
+    record = trainer.stage_record(final)
+    checkpoint = trainer.layout.best_checkpoint(final.name)
     final = {
         "stage": None, "student": final.name, "half": "A+B", "data": final.data,
         "pairs": sum(map(len, ids.values())), "updates": record["updates"],
-        "seconds": record["wall_seconds"], "checkpoint": str(chain.best_checkpoint(final.name)),
+        "seconds": record["wall_seconds"], "checkpoint": str(checkpoint),
         "test": test,
     }  # fmt: skip
     return {

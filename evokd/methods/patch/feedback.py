@@ -20,6 +20,8 @@ once per sentence.
 import difflib
 from collections import defaultdict
 
+from evokd.core.metrics import sentence_chrf
+
 CONTINUATION = "@@"
 
 
@@ -41,13 +43,6 @@ def merge_pieces(pieces):
 def is_word(word):
     """True for a word holding a letter or a digit (not punctuation alone)."""
     return any(c.isalnum() for c in word)
-
-
-def sentence_chrf(student, teacher):
-    """chrF (sacrebleu's defaults, 0-100) of the student's text against the teacher's."""
-    from sacrebleu.metrics import CHRF
-
-    return CHRF().sentence_score(student, [teacher]).score
 
 
 def error_words(source, student, teacher, alignment):
