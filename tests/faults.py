@@ -40,11 +40,10 @@ def killed_run(argv, target, n=1, when="after"):
     return out
 
 
-def killed_then_resumed(argv, target, n, when, out, main):
-    """Kill ``evokd ARGV`` at ``target`` #n, check that OUT is complete or absent (a step
-    publishes its output only by renaming it into place, the last of its build steps:
-    ``_remove_build_files`` runs after the rename), then rerun ARGV in-process with ``main``,
-    which must finish (exit 0)."""
+def killed_then_resumed(argv, target, n, when, out, main, published=False):
+    """Kill ``evokd ARGV`` at ``target`` #n, check that OUT is complete (``published``: the
+    kill came after the rename that publishes it) or absent, then rerun ARGV in-process with
+    ``main``, which must finish (exit 0)."""
     killed_run(argv, target, n, when)
-    assert out.exists() == target.endswith("_remove_build_files"), out  # complete, or not there
+    assert out.exists() == published, out  # complete, or not there
     assert main([str(a) for a in argv]) == 0

@@ -109,9 +109,11 @@ def test_written_like_fairseq_preprocess(data_bin, tmp_path):
     """Rewriting the original targets through our writer gives the original files."""
     from fairseq.data import Dictionary, data_utils
 
+    from evokd.data.folder import write_dataset
+
     vocab = Dictionary.load(str(data_bin / "dict.en.txt"))
     items = data_utils.load_indexed_dataset(str(data_bin / "train.de-en.en"), vocab)
-    dd.write_dataset(tmp_path / "train.de-en.en", list(items), len(vocab))
+    write_dataset(tmp_path / "train.de-en.en", list(items), len(vocab))
     assert _bytes(tmp_path, TRAIN_TGT) == _bytes(data_bin, TRAIN_TGT)
 
 
@@ -126,7 +128,7 @@ def test_killed_run_resumes_to_the_same_result(
     with pytest.raises(KeyboardInterrupt):
         dd.distill_data(teacher_ckpt, prepared, out, **settings)
     assert not out.exists()
-    assert sorted(p.name for p in (partial / "chunks").iterdir()) == ["chunk00000.npz"]
+    assert sorted(p.name for p in (partial / "chunks").iterdir()) == ["chunk00000"]
 
     with pytest.raises(EvokdError, match="other settings .*beam: 5 there, 4 now"):
         dd.distill_data(teacher_ckpt, prepared, out, beam=4, **settings)

@@ -48,7 +48,7 @@ KILL_POINTS = [
     ("evokd.distill.cache:write_chunk", 1, "after"),  # after the first chunk is written
     ("evokd.distill.cache:write_chunk", 3, "after"),
     ("evokd.files:publish", 2, "before"),  # in the middle of a chunk: its files half there
-    ("evokd.files:check_complete", 1, "before"),  # during the final merge
+    ("evokd.core.build:check_complete", 1, "before"),  # during the final merge
     ("evokd.distill.cache:_remove_build_files", 1, "before"),  # right after the rename
 ]
 
@@ -58,9 +58,9 @@ def test_killed_cache_build_resumes_to_the_same_cache(
     data_bin, teacher_ckpt, reference_cache, tmp_path, target, n, when
 ):
     out = tmp_path / "cache"
-    faults.killed_then_resumed(
-        cache_argv(data_bin, teacher_ckpt, out), target, n, when, out, cli.main
-    )
+    published = target.endswith("_remove_build_files")
+    argv = cache_argv(data_bin, teacher_ckpt, out)
+    faults.killed_then_resumed(argv, target, n, when, out, cli.main, published)
     assert not (tmp_path / "cache.partial").exists()
     assert_same_cache(reference_cache, out)
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from evokd import files as steps
+from evokd.core import build
 from evokd.errors import EvokdError
 from evokd.files import file_digest
 from evokd.teachers.live import TeacherOutput
@@ -110,7 +111,7 @@ class TeacherCache:
         self.order = np.load(self.path / "order.npy")
         where = f"--teacher-cache {path}"
         n = int(self.meta.get("examples", len(self.order)))
-        steps.check_complete(where, self.order, n)  # example -> item: a permutation of 0..n-1
+        build.check_complete(where, self.order, n)  # example -> item: a permutation of 0..n-1
         for name, part in self.parts.items():
             if len(part) != n:
                 raise EvokdError(f"{where}: {name} holds {len(part)} items for {n} examples")
@@ -236,7 +237,7 @@ def merge_chunks(folder, chunk_names, out, meta, vocab_size):
     for part, builder in builders.items():
         builder.finalize(str(folder / f"{part}.idx"))
     ids = np.concatenate(order_ids) if order_ids else np.zeros(0, dtype=np.int64)
-    steps.check_complete(str(folder), ids, meta["examples"])
+    build.check_complete(str(folder), ids, meta["examples"])
     order = np.full(meta["examples"], -1, dtype=np.int64)
     order[ids] = np.arange(len(ids))
     np.save(folder / "order.npy", order)
@@ -274,7 +275,7 @@ def _setup(data, subset, teacher_path):
 def plan_chunks(dataset, chunk_size):
     """Example ids ordered by length (ties by id), cut into chunks: the same in every process
     and every run, from the data alone."""
-    return steps.cut(steps.length_order(dataset.src_sizes, dataset.tgt_sizes), chunk_size)
+    return build.cut(build.length_order(dataset.src_sizes), chunk_size)
 
 
 def _chunk_name(c):
@@ -400,7 +401,7 @@ def build_cache(
     dataset = task.dataset(subset)
     chunks = plan_chunks(dataset, chunk_size)
     building = {"fingerprint": fp, "plan": {"chunk_size": chunk_size}}
-    building["plan"].update(steps.describe_plan(chunks, len(dataset)))
+    building["plan"].update(build.describe_plan(chunks, len(dataset)))
     plan_file = partial / PLAN
     if partial.exists():
         if not plan_file.is_file():

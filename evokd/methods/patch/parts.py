@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from evokd import files as steps
+from evokd.core.build import check_same_ids, describe_batches
 from evokd.errors import EvokdError
 
 from .workspace import read_jsonl, write_jsonl
@@ -38,7 +39,7 @@ def part_path(folder, c):
 
 def plan_parts(translator, ids, max_tokens, chunk_size):
     """The parts of the sentences ``ids``: lists of batches (see the module doc)."""
-    from evokd.distill.seqkd import plan_chunks
+    from evokd.core.build import plan_chunks
 
     batches = translator.plan_batches(max_tokens, ids=ids, too_long="skip")
     return plan_chunks([list(map(int, b)) for b in batches], chunk_size)
@@ -65,7 +66,7 @@ def write_part(path, rows):
 def merge_parts(folder, parts, path):
     """Every part's rows, each planned sentence exactly once, to ``path`` in id order."""
     rows = [row for c in range(len(parts)) for row in read_jsonl(part_path(folder, c))]
-    steps.check_same_ids(str(folder), [row["id"] for row in rows], _planned(parts))
+    check_same_ids(str(folder), [row["id"] for row in rows], _planned(parts))
     rows.sort(key=lambda row: row["id"])
     write_jsonl(path, rows)  # complete, or not there
     _remove_parts(folder)
@@ -83,7 +84,7 @@ def build_jsonl(path, parts, chunk_size, compute, desc):
 
     path, folder = Path(path), parts_dir(path)
     planned = _planned(parts)
-    plan = {"chunk_size": chunk_size, **steps.describe_batches(parts, len(planned))}
+    plan = {"chunk_size": chunk_size, **describe_batches(parts, len(planned))}
     if path.is_file() and not folder.exists():  # merged by a run killed right after
         rows = read_jsonl(path)
         if sorted(row["id"] for row in rows) == sorted(planned):
