@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from evokd import cli
-from evokd.distill import cache as tc
 from evokd.errors import EvokdError
+from evokd.teachers.cache import PARTS, TeacherCache
 from tests import utils
 
 STUDENT = ["--arch", "transformer_evokd_tiny_student", "--dropout", "0"]
@@ -31,7 +31,7 @@ def test_cache_layout_and_size(cache, data_bin):
     meta = json.loads((cache / "cache.json").read_text())
     assert meta["examples"] == 200 and meta["fingerprint"]["topk"] == 8
     assert meta["bytes_per_token"] == 8 * 4 + 2  # uint16 ids + fp16 log-probs, + target
-    data_bytes = sum((cache / f"{p}.bin").stat().st_size for p in tc.PARTS)
+    data_bytes = sum((cache / f"{p}.bin").stat().st_size for p in PARTS)
     assert data_bytes == meta["target_tokens"] * meta["bytes_per_token"]
     assert not (cache.parent / "top8.partial").exists()
 
@@ -52,7 +52,7 @@ def test_cached_kd_equals_online_kd(cache, data_bin, teacher_ckpt, kind, topk):
     task_cache, _, crit_cache = _setup(
         data_bin, ["--teacher-cache", str(cache), "--teacher-path", str(teacher_ckpt)] + flags
     )
-    assert isinstance(task_cache.teacher, tc.TeacherCache)
+    assert isinstance(task_cache.teacher, TeacherCache)
     for start in (0, 40, 120):
         sample = utils.batch(task_live, range(start, start + 16))
         live = dict(sample, teacher=task_live.teacher(sample, model))
@@ -94,38 +94,3 @@ def test_mismatches_are_errors_before_training(cache, data_bin, teacher_ckpt, tm
         _setup(other_data, base + ["--kd-topk", "8"])
     with pytest.raises(EvokdError, match="not a finished teacher cache"):
         _setup(data_bin, ["--teacher-cache", str(tmp_path / "nothing"), "--kd-topk", "8"])
-
-
-def test_killed_build_resumes_and_never_looks_complete(
-    data_bin, teacher_ckpt, tmp_path, cache, monkeypatch
-):
-    out = tmp_path / "cache"
-    real = utils.interrupt_on_call(monkeypatch, tc, "compute_chunk", 2)
-    with pytest.raises(KeyboardInterrupt):
-        tc.build_cache(str(teacher_ckpt), str(data_bin), out, k=8, chunk_size=64, cpu=True)
-    assert not out.exists()
-    partial = tmp_path / "cache.partial"
-    assert (partial / "chunk00000").is_dir() and not (partial / "chunk00001").exists()
-    monkeypatch.setattr(tc, "compute_chunk", real)
-    tc.build_cache(str(teacher_ckpt), str(data_bin), out, k=8, chunk_size=64, cpu=True)
-    assert not partial.exists()
-    reference = tc.TeacherCache(cache)
-    resumed = tc.TeacherCache(out)
-    for example in (0, 77, 199):
-        for part in tc.PARTS:
-            a = reference.parts[part][int(reference.order[example])]
-            b = resumed.parts[part][int(resumed.order[example])]
-            assert torch.equal(a, b), (example, part)
-    assert tc.build_cache(str(teacher_ckpt), str(data_bin), out, k=8, chunk_size=64, cpu=True)[
-        "done"
-    ]  # finished with the same settings: nothing to do
-
-
-def test_two_processes_build_the_same_cache(data_bin, teacher_ckpt, tmp_path, cache):
-    out = build(data_bin, teacher_ckpt, tmp_path / "two", "--processes", "2")
-    one, two = tc.TeacherCache(cache), tc.TeacherCache(out)
-    for example in range(0, 200, 13):
-        for part in tc.PARTS:
-            a = one.parts[part][int(one.order[example])]
-            b = two.parts[part][int(two.order[example])]
-            assert torch.equal(a, b)

@@ -120,7 +120,7 @@ def run_bench(
 ):  # fmt: skip
     """Measure every configuration; returns a list of result rows (dicts)."""
     from evokd.core.inference import choose_device
-    from evokd.distill.cache import TeacherCache
+    from evokd.teachers.cache import TeacherCache
     from evokd.teachers.live import LiveTeacher
 
     device = choose_device(cpu)

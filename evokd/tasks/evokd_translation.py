@@ -8,7 +8,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from evokd.core.checkpoint import check_exists, copy_weights
-from evokd.distill.cache import TeacherCache
+from evokd.teachers.cache import TeacherCache
 from evokd.teachers.live import LiveTeacher
 
 logger = logging.getLogger(__name__)
