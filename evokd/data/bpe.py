@@ -16,6 +16,7 @@ import re
 from tqdm import tqdm
 
 from evokd.errors import EvokdError
+from evokd.files import publish
 
 from .textio import partial_name, read_lines, write_lines
 
@@ -70,7 +71,7 @@ def train(inputs, model_prefix, vocab_size):
     )
     tmp = partial_name(f"{model_prefix}.model")
     tmp.write_bytes(model.getvalue())
-    os.replace(tmp, f"{model_prefix}.model")
+    publish(tmp, f"{model_prefix}.model")
 
 
 def to_subword_nmt(pieces):

@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evokd.errors import EvokdError
+from evokd.files import publish
 
 from .corpora import Corpus
 from .textio import one_line, partial_name
@@ -79,7 +80,7 @@ def download(cache_dir=None, url=None, timeout=TIMEOUT_S):
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(tmp, path)
+        publish(tmp, path)
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         raise _offline_error(url, getattr(exc, "reason", None) or exc) from exc

@@ -6,7 +6,6 @@ are removed or overwritten).
 """
 
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evokd.errors import EvokdError
+from evokd.files import publish
 
 from . import bpe
 from .corpora import SPLITS
@@ -142,7 +142,7 @@ def binarize_step(out, src, tgt, workers):
             + f"; {out} stays unfinished, rerun to resume"
         )
     for f in tmp.iterdir():
-        os.replace(f, out / f.name)
+        publish(f, out / f.name)
     tmp.rmdir()
 
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from evokd.errors import EvokdError
+from evokd.files import publish
 
 # Characters that some line readers (str.splitlines, universal newlines) treat as line
 # breaks. Written text never holds them, so every reader sees the same lines.
@@ -91,7 +92,7 @@ def atomic_writers(paths):
         for f in files:
             f.close()
         for t, p in zip(tmp, paths):
-            os.replace(t, p)
+            publish(t, p)
     finally:
         for f in files:
             f.close()
