@@ -11,7 +11,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["evokd", "evokd.*"]),
-    package_data={"evokd": ["corpora/*/*.gz", "corpora/*/README.md", "plans/*.yaml"]},
+    package_data={
+        "evokd": ["corpora/*/*.gz", "corpora/*/README.md", "plans/*.yaml", "teachers/prompts/*.txt"]
+    },
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.1",
@@ -26,6 +28,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-xdist", "ruff==0.17.6", "ctranslate2>=4"],
         "ct2": ["ctranslate2>=4"],
+        "teachers": ["ctranslate2>=4", "transformers[serving]>=4.40", "sentencepiece"],
     },
     entry_points={
         "console_scripts": ["evokd = evokd.cli:main", "evokd-train = evokd.train:cli_main"]

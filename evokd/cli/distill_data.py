@@ -21,16 +21,38 @@ same settings, and OUT appears only when complete. A rerun on a finished OUT wit
 teacher, data and settings does nothing; with others it is refused. Uses the GPU when there
 is one (--processes N: one process per GPU, or N CPU processes; the same output as one).
 
-example:
+Any teacher: --teacher is a fairseq checkpoint (.pt, on DATA's dictionaries: the above), a
+CTranslate2 model folder (model.bin; its tokenizer: source.spm/target.spm there, a Hugging
+Face tokenizer there, or --teacher-tokenizer), a Hugging Face model folder (config.json: a
+seq2seq model, or a causal LM asked with --prompt), or an OpenAI-compatible server URL
+(http(s)://HOST:PORT/v1, with --teacher-model; the key from EVOKD_TEACHER_API_KEY or
+OPENAI_API_KEY). Such a teacher translates the raw source text of a folder made by `evokd
+prepare`, and its output is tokenized, lowercased and BPE'd like DATA's training text, then
+binarized with DATA's dictionary. OUT/distill.json counts the empty, unparsable and cut
+outputs and the pieces outside the dictionary; --on-bad-output says what becomes of a bad
+output's pair (drop it, or keep its reference): no pair is ever shifted. --max-len-a/-b cap
+the output at A x source words + B of the teacher's tokens; --max-tokens, --lenpen and
+--processes apply to fairseq checkpoints only.
+
+examples:
   evokd distill-data --teacher checkpoints/paper/senior_teacher/checkpoint_best.pt \\
       --data data-bin/iwslt14.tokenized.de-en --out data-bin/iwslt14.distilled.de-en
+  evokd distill-data --teacher opus-mt-de-en-ct2/ --data data-bin/multi30k --out data-bin/m30k.opus
+  evokd distill-data --teacher http://127.0.0.1:8000/v1 --teacher-model Qwen/Qwen2.5-7B-Instruct \\
+      --data data-bin/multi30k --out data-bin/m30k.qwen --concurrency 8
 """
 
 from evokd.cli import add_decoding_arguments, add_device_arguments
 
+EXTERNAL = ("teacher_model", "teacher_tokenizer", "prompt", "source_text")
+
 
 def add_arguments(parser):
-    parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
+    parser.add_argument(
+        "--teacher", required=True, metavar="PATH|URL",
+        help="a fairseq checkpoint, a CTranslate2 or Hugging Face model folder, or an "
+        "OpenAI-compatible server URL (http(s)://HOST:PORT/v1)",
+    )  # fmt: skip
     parser.add_argument("--data", required=True, metavar="DIR", help="fairseq binarized data")
     parser.add_argument("--subset", default="train", help="subset to distill (default: train)")
     parser.add_argument(
@@ -49,9 +71,58 @@ def add_arguments(parser):
         "the translations do not depend on it (default: %(default)s)",
     )  # fmt: skip
     add_device_arguments(parser)
+    add_text_teacher_arguments(parser)
+
+
+def add_text_teacher_arguments(parser):
+    group = parser.add_argument_group("teachers with their own vocabulary (not a .pt)")
+    group.add_argument(
+        "--teacher-model", metavar="NAME", help="the served model's name (server teachers)"
+    )
+    group.add_argument(
+        "--teacher-tokenizer", metavar="PATH",
+        help="a CTranslate2 model's tokenizer: a Hugging Face tokenizer folder or a "
+        "sentencepiece model (default: source.spm/target.spm or a tokenizer in the model folder)",
+    )  # fmt: skip
+    group.add_argument(
+        "--prompt", metavar="FILE",
+        help="prompt template for LLMs, with {src_lang}, {tgt_lang} and {source} "
+        "(default: evokd/teachers/prompts/translate.txt)",
+    )  # fmt: skip
+    group.add_argument(
+        "--teacher-api", choices=("chat", "completions"), default="chat",
+        help="the server's endpoint: chat/completions or completions (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--concurrency", type=int, default=4, metavar="N",
+        help="server requests in flight at once (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--batch-size", type=int, default=16, metavar="N",
+        help="sentences per call of the teacher (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--on-bad-output", choices=("drop", "reference"), default="drop",
+        help="an empty, unparsable or cut output: drop its pair, or keep the pair with its "
+        "reference target (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--source-text", metavar="FILE",
+        help="the raw source sentences of SUBSET, one per line (default: found in DATA, or "
+        "read again from the corpus DATA was prepared from)",
+    )  # fmt: skip
 
 
 def run(args):
+    from evokd.teachers.text import teacher_kind
+
+    if teacher_kind(args.teacher) != "fairseq":
+        return run_text(args)
+    given = [f"--{k.replace('_', '-')}" for k in EXTERNAL if getattr(args, k)]
+    if given:
+        from evokd.errors import EvokdError
+
+        raise EvokdError(f"{', '.join(given)}: only for teachers that are not fairseq checkpoints")
     from evokd.distill.seqkd import distill_data
 
     info = distill_data(
@@ -80,3 +151,48 @@ def run(args):
         f"{info['translate_seconds']:.0f} s of translation"
     )
     return 0
+
+
+def run_text(args):
+    from evokd.data.layout import read_metadata
+    from evokd.distill.text import distill_text
+    from evokd.teachers.text import TeacherSettings
+
+    metadata = read_metadata(args.data)
+    settings = TeacherSettings(
+        src_lang=metadata["src"],
+        tgt_lang=metadata["tgt"],
+        beam=args.beam,
+        max_len_a=args.max_len_a,
+        max_len_b=args.max_len_b,
+        batch_size=args.batch_size,
+        model=args.teacher_model,
+        tokenizer=args.teacher_tokenizer,
+        prompt=args.prompt,
+        api=args.teacher_api,
+        concurrency=args.concurrency,
+        device="cpu" if args.cpu else _device(),
+    )
+    info = distill_text(
+        args.teacher, args.data, args.out, settings, subset=args.subset,
+        on_bad_output=args.on_bad_output, keep_references=args.keep_references,
+        chunk_size=args.chunk_size, source_text=args.source_text,
+    )  # fmt: skip
+    if info.get("done"):
+        print(f"{args.out}: finished earlier with the same settings: nothing to do")
+        return 0
+    counts = info["counts"]
+    print(
+        f"{args.out}: {info['examples']} of {info['source_examples']} {args.subset} pairs "
+        f"distilled ({info['training_pairs']} pairs to train on); bad outputs: "
+        f"{counts['empty']} empty, {counts['unparsed']} unparsed, {counts['cut']} cut "
+        f"({args.on_bad_output}); {counts['unk_pieces']} of {counts['pieces']} pieces outside "
+        "the dictionary"
+    )
+    return 0
+
+
+def _device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
