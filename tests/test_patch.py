@@ -12,7 +12,7 @@ from evokd import cli
 from evokd.errors import EvokdError
 from evokd.methods.patch import analogy, build, feedback, retrieve, run_patch, translate
 from evokd.methods.patch import select as selection
-from evokd.methods.patch.workspace import append_jsonl, read_jsonl
+from evokd.methods.patch.workspace import read_jsonl, write_jsonl
 from tests import utils
 
 # Tiny models repeat one word until the length limit: keep hypotheses short.
@@ -179,7 +179,7 @@ def test_patch_pairs_are_deduplicated_and_replay_is_seeded():
 
 def test_torn_jsonl_line_is_dropped(tmp_path):
     path = tmp_path / "rows.jsonl"
-    append_jsonl(path, [{"id": 0}, {"id": 1}])
+    write_jsonl(path, [{"id": 0}, {"id": 1}])
     with open(path, "a", encoding="utf-8") as f:
         f.write('{"id": 2, "sou')
     assert read_jsonl(path) == [{"id": 0}, {"id": 1}]
@@ -331,21 +331,23 @@ def test_killed_step_resumes_where_it_stopped(patched, student_ckpt, teacher_ckp
     utils.interrupt_on_call(monkeypatch, translate, "translate_chunk", 3)
     with pytest.raises(KeyboardInterrupt):
         run_patch(*args, steps=["translate"], **FAST)
-    parts = out / "translations.jsonl.parts"
-    done = [read_jsonl(parts / f"part0000{c}.jsonl") for c in range(2)]
-    assert sorted(p.name for p in parts.glob("*.jsonl")) == ["part00000.jsonl", "part00001.jsonl"]
+    partial = out / "translations.jsonl.partial"
+    chunks = partial / "chunks"
+    done = [read_jsonl(chunks / f"chunk0000{c}" / "rows.jsonl") for c in range(2)]
+    assert sorted(p.name for p in chunks.iterdir()) == ["chunk00000", "chunk00001"]
     assert not (out / "translations.jsonl").exists()  # only when every part is there
     assert not json.loads((out / "steps" / "translate.json").read_text())["finished"]
-    (parts / "part00002.jsonl.partial").write_text('{"id": 100, "sour')  # killed mid-write
+    (chunks / "chunk00002.tmp").mkdir()
+    (chunks / "chunk00002.tmp" / "rows.jsonl").write_text('{"id": 100, "sour')  # killed mid-write
     monkeypatch.undo()
     real, calls = translate.translate_chunk, []
     monkeypatch.setattr(translate, "translate_chunk", lambda *a: calls.append(a[3]) or real(*a))
     run_patch(*args, steps=["translate"], **FAST)
     redone = sorted(i for batches in calls for batch in batches for i in batch)
     finished = sorted(row["id"] for rows in done for row in rows)
-    assert sorted(redone + finished) == list(range(200))  # the finished parts not redone
+    assert sorted(redone + finished) == list(range(200))  # the finished chunks not redone
     assert (out / "translations.jsonl").read_bytes() == reference
-    assert not parts.exists()
+    assert not partial.exists()
 
 
 # --- raw text pools, errors --------------------------------------------------------------------

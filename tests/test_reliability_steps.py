@@ -16,8 +16,8 @@ from evokd import files as steps
 from evokd.distill import seqkd as dd
 from evokd.errors import EvokdError
 from evokd.methods.mckd import relabel as mckd
-from evokd.methods.patch import parts
-from tests import faults, utils
+from evokd.methods.patch.workspace import read_jsonl
+from tests import faults
 
 DECODING = ["--beam", "2", "--max-len-a", "0", "--max-len-b", "6", "--max-tokens", "300"]
 CHUNK = "40"  # 200 pairs in batches of ~20: 5 or 6 chunks
@@ -104,22 +104,6 @@ def test_the_plan_does_not_depend_on_the_global_rng(data_bin, teacher_ckpt):
     assert sorted(i for b in plans[0] for i in b) == list(range(200))
 
 
-def interrupted(monkeypatch, argv, module, name, n):
-    """``evokd ARGV`` in-process, stopped (KeyboardInterrupt) at the ``n``-th call of
-    ``module.name``, before it runs: a cheaper kill, for the tests of what a resume refuses."""
-    with monkeypatch.context() as patch:
-        utils.interrupt_on_call(patch, module, name, n)
-        with pytest.raises(KeyboardInterrupt):
-            main(argv)
-
-
-def main_or_raise(argv):
-    """The command in-process, raising its EvokdError (the CLI turns it into exit 2)."""
-    args = cli.build_parser().parse_args([str(a) for a in argv])
-    args.passthrough = []
-    return args._run(args)
-
-
 def test_distill_rerun_on_finished_output(
     data_bin, teacher_ckpt, reference_distilled, tmp_path, capsys
 ):
@@ -172,73 +156,24 @@ def reference_patch(data_bin, teacher_ckpt, tmp_path_factory):
 def assert_same_translations(a, b):
     name = "translations.jsonl"
     assert (a / name).read_bytes() == (b / name).read_bytes()  # byte for byte
-    assert [r["id"] for r in parts.read_jsonl(b / name)] == list(range(200))
-    assert not parts.parts_dir(b / name).exists()
+    assert [r["id"] for r in read_jsonl(b / name)] == list(range(200))
+    assert not steps.partial_path(b / name).exists()
     one, two = (steps.read_json(f / "steps" / "translate.json") for f in (a, b))
     assert one["finished"] and two["finished"] and one["key"] == two["key"]
 
 
-PATCH_KILL_POINTS = [
-    ("evokd.methods.patch.parts:write_part", 1, "after"),  # after the first part is written
-    ("evokd.files:publish", 2, "before"),  # in the middle of part 2: written, not renamed
-    ("evokd.methods.patch.parts:_remove_parts", 1, "before"),  # during the merge: the file written,
-    # its parts still there
-    (
-        "evokd.methods.patch.parts:merge_parts",
-        1,
-        "after",
-    ),  # merged, the step not yet recorded finished
-]
-
-
-@pytest.mark.parametrize("target, n, when", PATCH_KILL_POINTS)
 def test_killed_patch_translate_resumes_to_the_same_rows(
-    data_bin, teacher_ckpt, reference_patch, tmp_path, target, n, when
+    data_bin, teacher_ckpt, reference_patch, tmp_path
 ):
+    """Killed after its first chunk: the same rows, byte for byte (every other kill point:
+    tests/test_build.py)."""
     out = tmp_path / "patch"
     argv = patch_argv(data_bin, teacher_ckpt, out)
-    faults.killed_run(argv, target, n, when)
-    merged = target.endswith(("_remove_parts", "merge_parts"))
-    assert (out / "translations.jsonl").exists() == merged  # complete, or not there
+    faults.killed_run(argv, "evokd.core.build:save_chunk", 1)
+    assert not (out / "translations.jsonl").exists()  # complete, or not there
+    assert (out / "translations.jsonl.partial" / "chunks" / "chunk00000").is_dir()
     assert main(argv) == 0
     assert_same_translations(reference_patch, out)
-
-
-def test_patch_translate_resume_with_another_chunk_size_is_refused(
-    data_bin, teacher_ckpt, tmp_path, capsys, monkeypatch
-):
-    out = tmp_path / "patch"
-    interrupted(monkeypatch, patch_argv(data_bin, teacher_ckpt, out), parts, "write_part", 2)
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    capsys.readouterr()
-    assert main(patch_argv(data_bin, teacher_ckpt, out, "--chunk-size", "16")) == 2
-    err = capsys.readouterr().err
-    assert "translations.jsonl.parts: an unfinished build: made with other settings" in err
-    assert "chunk_size: 40 there, 16 now" in err
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-
-
-def test_patch_translate_finished_part_of_another_plan_is_refused(
-    data_bin, teacher_ckpt, tmp_path, monkeypatch
-):
-    out = tmp_path / "patch"
-    interrupted(monkeypatch, patch_argv(data_bin, teacher_ckpt, out), parts, "write_part", 2)
-    part = parts.part_path(parts.parts_dir(out / "translations.jsonl"), 0)
-    rows = parts.read_jsonl(part)
-    parts.write_jsonl(part, [dict(r, id=r["id"] + 1) for r in rows])
-    with pytest.raises(EvokdError, match="part00000.jsonl: holds other sentences than the build"):
-        main_or_raise(patch_argv(data_bin, teacher_ckpt, out))
-
-
-def test_patch_parts_missing_a_sentence_are_refused(tmp_path):
-    folder = tmp_path / "rows.jsonl.parts"
-    folder.mkdir()
-    plan = [[[0, 1], [2]], [[3]]]
-    parts.write_part(parts.part_path(folder, 0), [{"id": 0}, {"id": 1}, {"id": 1}])
-    parts.write_part(parts.part_path(folder, 1), [{"id": 3}])
-    with pytest.raises(EvokdError, match=r"incomplete \(1 examples missing \(e.g. \[2\]\); 1 more"):
-        parts.merge_parts(folder, plan, tmp_path / "rows.jsonl")
-    assert not (tmp_path / "rows.jsonl").exists()
 
 
 def test_patch_translate_rerun_on_finished_output(

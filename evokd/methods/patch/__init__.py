@@ -30,12 +30,12 @@ Output folder DIR (each step skipped when finished, resumed when interrupted):
                            naming the differences and the files to remove to redo it
   DIR/pool/, DIR/mono/     --pool / --mono FILE tokenized, BPE'd and binarized like DATA
   DIR/translations.jsonl   translate: one line per pool sentence, in id order; built in
-                           DIR/translations.jsonl.parts/ part by part (the parts that a
-                           killed run finished are kept), written when complete
+                           DIR/translations.jsonl.partial/ chunk by chunk (the chunks that
+                           a killed run finished are kept), written when complete
   DIR/selected.jsonl       select: the selected sentences, worst first
-  DIR/synthesis.jsonl      synthesize: one line per retrieved sentence (built in parts)
+  DIR/synthesis.jsonl      synthesize: one line per retrieved sentence (built in chunks)
   DIR/analogy_words.json   analogy: error word -> [[related word, cosine], ...]
-  DIR/analogy.jsonl        analogy: one line per retrieved sentence (built in parts)
+  DIR/analogy.jsonl        analogy: one line per retrieved sentence (built in chunks)
   DIR/patch.jsonl          build: every training pair of DIR/data, in dataset order
   DIR/data/                build: binarized training folder (train = patch + replay;
                            DATA's dictionaries, valid and test copied unchanged)

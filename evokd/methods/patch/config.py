@@ -35,7 +35,7 @@ class PatchConfig:
     max_len_a: float = DECODING["max_len_a"]
     max_len_b: int = DECODING["max_len_b"]
     max_tokens: int = DECODING["max_tokens"]
-    chunk_size: int = 512  # sentences per part of a translating step's JSONL (:mod:`.parts`)
+    chunk_size: int = 512  # sentences per chunk of a translating step's JSONL (:mod:`.chunks`)
     cpu: bool = False
 
     def decoding(self):

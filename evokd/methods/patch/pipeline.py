@@ -1,10 +1,10 @@
 """All the steps of a patch run in order, each skipped when finished: :func:`run_patch`."""
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
+from evokd.data.folder import data_digest
 from evokd.errors import EvokdError
 
 from .config import PatchConfig
@@ -57,22 +57,10 @@ def check_inputs(inputs, cfg, steps):
     return src, tgt
 
 
-def data_digest(ws, data, src, tgt):
-    """sha256 over DATA's dictionaries and training pairs."""
-    from evokd.data.folder import language_pair, subset_files
-
-    names = [f"dict.{lang}.txt" for lang in (src, tgt)]
-    names += subset_files("train", language_pair(data, "train", src, tgt), (src, tgt))
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(f"{name}:{ws.digest(Path(data) / name)}".encode())
-    return digest.hexdigest()
-
-
 def step_key(step, ws, cfg, inputs, src, tgt):
     """A step's settings and the sha256 of what it reads: its record's key."""
     decoding = dict(cfg.decoding(), max_tokens=cfg.max_tokens)  # the batches: the translations
-    data = data_digest(ws, inputs["data"], src, tgt)
+    data = data_digest(inputs["data"], "train", src, tgt)
     teacher = ws.digest(inputs["teacher"])
     mono = ws.digest(inputs["mono"]) if inputs["mono"] else data
     if step == "translate":

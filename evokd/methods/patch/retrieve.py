@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from evokd.core.inference import choose_device, translate
 
-from .parts import build_jsonl, plan_parts
+from .chunks import build_jsonl, plan
 from .translate import load_translator
 from .workspace import write_jsonl
 
@@ -53,7 +53,7 @@ def retrieve(index, word, n, exclude_texts=()):
 def translate_retrieved(path, jobs, pool, teacher_path, cfg, make_row, desc):
     """Translate the sentences ``jobs`` (id -> what it was retrieved for) with the teacher
     into ``path``, one row per sentence (``make_row(id, job, source_bpe, teacher_bpe)``), in
-    planned parts that survive a kill (:mod:`.parts`). Returns the rows of ``path``."""
+    planned chunks that survive a kill (:mod:`.chunks`). Returns the rows of ``path``."""
     if not jobs:
         write_jsonl(path, [])  # the file exists even with nothing to translate
         return []
@@ -66,8 +66,8 @@ def translate_retrieved(path, jobs, pool, teacher_path, cfg, make_row, desc):
             make_row(i, jobs[i], pool.bpe(i), tgt_dict.string(hypos[i].body)) for i in sorted(hypos)
         ]
 
-    parts = plan_parts(teacher, sorted(jobs), cfg.max_tokens, cfg.chunk_size)
-    return build_jsonl(path, parts, cfg.chunk_size, compute, desc)
+    chunks = plan(teacher, sorted(jobs), cfg.max_tokens, cfg.chunk_size)
+    return build_jsonl(path, chunks, cfg.chunk_size, compute, desc)
 
 
 def group_errors(selected):

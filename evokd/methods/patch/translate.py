@@ -11,10 +11,10 @@ no alignment training). The student then scores the teacher's translation under 
 forcing (:func:`evokd.core.inference.score_targets`, as ``fairseq-generate --score-reference``):
 ``nll`` is its mean negative log-likelihood per target token, EOS included, in nats.
 
-The batches are grouped into parts of about ``chunk_size`` sentences, written to
-``DIR/translations.jsonl.parts/`` as they are finished; a killed run resumes the parts that
-are missing, and ``DIR/translations.jsonl`` appears when every part is there
-(:mod:`.parts`): the same rows, byte for byte, however often the step was killed.
+The batches are grouped into chunks of about ``chunk_size`` sentences, written to
+``DIR/translations.jsonl.partial/`` as they are finished; a killed run resumes the chunks
+that are missing, and ``DIR/translations.jsonl`` appears when every chunk is there
+(:mod:`.chunks`): the same rows, byte for byte, however often the step was killed.
 """
 
 import logging
@@ -24,8 +24,8 @@ import numpy as np
 
 from evokd.core.inference import Translator, choose_device, score_targets, translate
 
+from .chunks import build_jsonl, plan
 from .feedback import feedback
-from .parts import build_jsonl, plan_parts
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +77,10 @@ def run_translate(ws, cfg, inputs, src, tgt):
     decoding = cfg.decoding()
     teacher = load_translator(inputs["teacher"], pool, decoding, device, alignment=True)
     student = load_translator(inputs["student"], pool, decoding, device, flag="--student")
-    parts = plan_parts(teacher, pool.ids(), cfg.max_tokens, cfg.chunk_size)
+    chunks = plan(teacher, pool.ids(), cfg.max_tokens, cfg.chunk_size)
     rows = build_jsonl(
         ws.translations,
-        parts,
+        chunks,
         cfg.chunk_size,
         lambda batches: translate_chunk(student, teacher, pool, batches),
         "translating",

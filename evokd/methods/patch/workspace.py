@@ -22,10 +22,15 @@ STEPS = ("translate", "select", "synthesize", "analogy", "build", "train")
 INPUTS = ("student", "teacher", "data", "pool", "mono")  # fixed by the first step
 # What each step writes, relative to DIR (removed with the step to redo it).
 OUTPUTS = {
-    "translate": ["translations.jsonl", "translations.jsonl.parts"],
+    "translate": ["translations.jsonl", "translations.jsonl.partial", "translations.jsonl.parts"],
     "select": ["selected.jsonl"],
-    "synthesize": ["synthesis.jsonl", "synthesis.jsonl.parts"],
-    "analogy": ["analogy.jsonl", "analogy.jsonl.parts", "analogy_words.json"],
+    "synthesize": ["synthesis.jsonl", "synthesis.jsonl.partial", "synthesis.jsonl.parts"],
+    "analogy": [
+        "analogy.jsonl",
+        "analogy.jsonl.partial",
+        "analogy.jsonl.parts",
+        "analogy_words.json",
+    ],
     "build": ["patch.jsonl", "data"],
     "train": ["checkpoints", "results", "results.json"],
 }
@@ -47,14 +52,6 @@ def read_jsonl(path):
         with open(path, "r+b") as f:
             f.truncate(end)
     return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line]
-
-
-def append_jsonl(path, rows):
-    """Append ``rows`` to ``path``, one JSON object a line, flushed before returning."""
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
 
 
 def write_jsonl(path, rows):
