@@ -223,13 +223,13 @@ def test_killed_mckd_relabelling_resumes_to_the_same_labels(
     argv = mckd_argv(data_bin, teacher_ckpt, out, plan)
     # The teacher's labels: killed after its chunk is written, then in the split (half A
     # written, not renamed; publish #1 is the teacher's dataset).
-    faults.killed_run(argv, "evokd.distill.seqkd:write_chunk", 1)
+    faults.killed_run(argv, "evokd.core.build:save_chunk", 1)
     assert not (labels / "teacher").exists() and (labels / "teacher.partial").is_dir()
     faults.killed_run(argv, "evokd.files:publish", 2, "before")
     assert (labels / "teacher").is_dir() and (labels / "stage1" / "A.partial").is_dir()
     assert not (labels / "stage1" / "A").exists()
     # Both students trained, then killed while B_1 relabels half A (its chunk written).
-    faults.killed_run(argv, "evokd.distill.seqkd:write_chunk", 1)
+    faults.killed_run(argv, "evokd.core.build:save_chunk", 1)
     assert (labels / "stage2" / "A.partial").is_dir()
     # Killed in the merge: half A's labels finished (#1), half B's chunk and dataset (#2, #3),
     # the merged folder written, not renamed (#4).
