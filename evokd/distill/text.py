@@ -177,14 +177,17 @@ def bridge(data, translations, references, tgt, tgt_dict, policy):
                 continue
             counts["references_kept"] += 1
             tokens = torch.as_tensor(np.asarray(references[i]), dtype=torch.long)
-            ids.append(i), items.append(tokens), lines.append(tgt_dict.string(tokens))
-            continue
-        tokens = tgt_dict.encode_line(encoded[i], add_if_not_exist=False, append_eos=True).long()
-        unk = int((tokens == tgt_dict.unk()).sum())
-        counts["pieces"] += len(tokens) - 1
-        counts["unk_pieces"] += unk
-        counts["sentences_with_unk"] += int(unk > 0)
-        ids.append(i), items.append(tokens), lines.append(encoded[i])
+            line = tgt_dict.string(tokens)
+        else:
+            line = encoded[i]
+            tokens = tgt_dict.encode_line(line, add_if_not_exist=False, append_eos=True).long()
+            unk = int((tokens == tgt_dict.unk()).sum())
+            counts["pieces"] += len(tokens) - 1
+            counts["unk_pieces"] += unk
+            counts["sentences_with_unk"] += int(unk > 0)
+        ids.append(i)
+        items.append(tokens)
+        lines.append(line)
     return ids, items, lines, counts
 
 

@@ -7,7 +7,7 @@ The engines (:mod:`.ctranslate2`, :mod:`.huggingface`, :mod:`.server`) build on 
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -61,7 +61,6 @@ class TeacherSettings:
     retries: int = 3
     reply_cache: Optional[str] = None
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)
 
     def check(self):
         check_number(self.beam, "--beam", 1)

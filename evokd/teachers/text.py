@@ -57,8 +57,8 @@ def teacher_kind(path):
             raise EvokdError(f"--teacher {text}: a server URL ends in /v1 (http(s)://HOST:PORT/v1)")
         return "server"
     path = Path(text)
-    if path.is_file() and path.suffix == ".pt":
-        return "fairseq"
+    if path.is_file() or (path.suffix == ".pt" and not path.exists()):
+        return "fairseq"  # any file, as before: the checkpoint loader names what is wrong
     if path.is_dir() and (path / "model.bin").is_file():
         return "ctranslate2"
     if path.is_dir() and (path / "config.json").is_file():
