@@ -294,6 +294,31 @@ def test_sentence_chrf_is_the_command_lines():
     assert sentence_chrf(HYPS_TOK[0].upper(), REFS_TOK[0]) < 70
 
 
+def test_fairseq_generate_output_is_parsed_once():
+    from evokd.core.generate import in_order, parse
+
+    log = [
+        "S-1\tein hund .",
+        "T-1\tthe dog .",
+        "H-1\t-0.5\ta dog .",
+        "D-1\t-0.5\ta dog .",
+        "P-1\t-0.4 -0.5 -0.6 -0.5",
+        "H-1\t-0.9\tdog .",  # the second of --nbest 2
+        "H-0\t-0.1\thello\tworld",  # a tab inside the text stays
+        "2026-01-01 10:00:00 | INFO | fairseq_cli.generate | Translated 1,002 sentences "
+        "(12,345 tokens) in 0.3s (6.67 sentences/s, 30.00 tokens/s)",
+    ]
+    out = parse(log, wall_seconds=2.5)
+    assert out.hypotheses == {1: "a dog .", 0: "hello\tworld"}
+    assert out.targets == {1: "the dog ."}
+    assert (out.sentences, out.tokens, out.seconds) == (1002, 12345, 0.3)
+    assert (out.sentences_per_second, out.wall_seconds) == (6.67, 2.5)
+    assert in_order(out.hypotheses, 2, "hypotheses", "log") == ["hello\tworld", "a dog ."]
+    with pytest.raises(EvokdError, match="1 references for 2 sentences .missing ids 0."):
+        in_order(out.targets, 2, "references", "log")
+    assert parse(["no summary"]).seconds is None
+
+
 # --- errors before any work ----------------------------------------------------------------
 
 

@@ -286,6 +286,26 @@ def test_repeats_keep_each_systems_fastest_round():
     assert timing.fastest(rounds) == [row(12, 5.0, 8.0), row(30, 1.0, 4.0)]
 
 
+def test_compare_returns_new_rows_with_the_ratios():
+    def row(model, engine, sps, median, bleu, **extra):
+        return {"model": model, "engine": engine, "sentences_per_second": sps,
+                "latency_median_ms": median, "bleu": bleu, "checkpoint": "c", **extra}  # fmt: skip
+
+    rows = [
+        row("teacher", "fairseq", 10.0, 8.0, 30.0),
+        row("student", "fairseq", 20.0, 4.0, 28.0, hypotheses_ids=[[1, 2], [3]]),
+        row("student", "ctranslate2", 50.0, None, 27.5, hypotheses_tokens=[["a", "b"], []]),
+    ]
+    before = json.loads(json.dumps(rows))
+    found = timing.compare(rows, keep=False)
+    assert rows == before  # the rows given are left as they were
+    assert [r["speedup"] for r in found] == [1.0, 2.0, 5.0]
+    assert [r["latency_speedup"] for r in found] == [1.0, 2.0, None]
+    assert [r["bleu_lost"] for r in found] == [-2.0, 0.0, 0.5]
+    assert found[2]["same_length_as_fairseq"] == 0.5 and found[2]["checkpoint"] is None
+    assert all("hypotheses_ids" not in r and "hypotheses_tokens" not in r for r in found)
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 

@@ -69,12 +69,13 @@ from evokd.core.checkpoint import (
 from evokd.data.folder import subset_size
 from evokd.deploy import systems, timing
 from evokd.deploy.engines import available_cores, choose_device
+from evokd.deploy.export import QUANTIZATIONS
 from evokd.deploy.workload import Workload
 from evokd.errors import EvokdError, check_number
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("float32", "int8")  # the CTranslate2 variants of the students by default
+STUDENT_CT2 = ("float32", "int8")  # the CTranslate2 variants of the students by default
 LATENCY_SENTENCES = 100
 COST_LABEL = "cost measurement: every output forced to its reference's length, no BLEU"
 
@@ -118,8 +119,6 @@ def _check_inputs(teacher, students, data, subset):
 def _check_settings(beams, batch_size, max_len, latency_sentences, repeat, quantizations,
                     fixed_length, profile_dir, threads):  # fmt: skip
     """Fail naming the first flag out of range; returns (beams, threads)."""
-    from evokd.deploy.export import QUANTIZATIONS as ALL
-
     beams = [beams] if isinstance(beams, int) else list(beams)
     if not beams:
         raise EvokdError("--beam: give at least one beam size")
@@ -130,8 +129,8 @@ def _check_settings(beams, batch_size, max_len, latency_sentences, repeat, quant
     check_number(latency_sentences, "--latency-sentences", 0)
     check_number(repeat, "--repeat", 1)
     for q, flag in quantizations:
-        if q not in ALL:
-            raise EvokdError(f"{flag} {q}: expected one of {', '.join(ALL)}")
+        if q not in QUANTIZATIONS:
+            raise EvokdError(f"{flag} {q}: expected one of {', '.join(QUANTIZATIONS)}")
     if profile_dir is not None and not fixed_length:
         raise EvokdError(
             "--profile: only with --fixed-length (without it fairseq runs as fairseq-generate)"
@@ -214,7 +213,7 @@ def run_bench_translate(
     work_dir=None,
     fixed_length=False,
     latency_sentences=LATENCY_SENTENCES,
-    student_ct2=QUANTIZATIONS,
+    student_ct2=STUDENT_CT2,
     teacher_ct2=(),
     profile_dir=None,
     repeat=1,

@@ -23,12 +23,15 @@ def available_cores():
 
 
 def choose_device(cpu):
-    """``cuda`` when torch and CTranslate2 both see a GPU and not ``cpu``, else ``cpu``."""
+    """``cuda`` when torch (:func:`evokd.core.inference.choose_device`) and CTranslate2 both
+    see a GPU and not ``cpu``, else ``cpu``."""
     import ctranslate2
-    import torch
 
-    cuda = torch.cuda.is_available() and ctranslate2.get_cuda_device_count() > 0
-    return "cuda" if cuda and not cpu else "cpu"
+    from evokd.core.inference import choose_device as torch_device
+
+    if cpu or ctranslate2.get_cuda_device_count() == 0:
+        return "cpu"
+    return torch_device().type
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from evokd import files
 from evokd.core.checkpoint import (
     architecture,
     check_dictionaries,
@@ -189,6 +190,6 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
     (partial / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if out.exists():  # --force, checked above: a model folder or an empty one
         shutil.rmtree(out)
-    os.replace(partial, out)
+    files.publish(partial, out)
     logger.info(f"wrote {out} ({info['model_bytes'] / 2**20:.2f} MiB, {quantization})")
     return info

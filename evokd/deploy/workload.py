@@ -36,7 +36,8 @@ def reference_lengths(data, subset, src, tgt):
         raise EvokdError(
             f"--fixed-length needs the references: {data} has no {subset}.{src}-{tgt}.{tgt}.idx"
         )
-    sizes = load_side(data, subset, pair, tgt).sizes.tolist()  # copied while the map is open
+    side = load_side(data, subset, pair, tgt)
+    sizes = side.sizes.tolist()  # a view of the memory map: copied while ``side`` holds it open
     return [max(1, n - 1) for n in sizes]
 
 

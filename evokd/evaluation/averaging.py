@@ -3,7 +3,6 @@
 does not ship)."""
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from evokd.core.checkpoint import (
     register_safe_globals,
 )
 from evokd.errors import EvokdError, check_number
-from evokd.files import file_digest
+from evokd.files import file_digest, publish
 
 logger = logging.getLogger(__name__)
 
@@ -142,5 +141,5 @@ def average_last_checkpoints(checkpoint, n):
     state[AVERAGED_KEY] = {"inputs": [_fingerprint(p) for p in inputs]}
     partial = output.with_name(output.name + ".partial")
     torch.save(state, partial)
-    os.replace(partial, output)
+    publish(partial, output)
     return output
