@@ -8,7 +8,9 @@ broken by example id (:func:`length_order`: stable, no RNG; never fairseq's
 ``ordered_indices()``, which shuffles ties with the global numpy RNG), cut into batches at
 ``max_tokens`` by the caller, and the batches grouped into chunks of at most ``chunk_size``
 examples (:func:`plan_chunks`). Every process and every resumed run cuts the same chunks,
-and the batches, thus the results, do not depend on the chunking.
+and the batches, thus the results, do not depend on the chunking. (``distill-data`` alone
+keeps fairseq-generate's batches, so that its targets equal fairseq-generate's output; they
+too are the same in every process and run: :mod:`evokd.distill.seqkd`.)
 
 The build lives in ``OUT.partial/`` until it is complete::
 
@@ -79,19 +81,10 @@ def plan_chunks(batches, chunk_size):
     return chunks + [current] if current else chunks
 
 
-def describe_plan(parts, n_examples):
-    """What a build records about a plan of id arrays, to check finished parts against."""
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return {
-        "examples": int(n_examples),
-        "parts": len(parts),
-        "plan_sha256": files.array_digest(flat),
-    }
-
-
 def describe_batches(chunks, n_examples):
-    """:func:`describe_plan` for a plan whose chunks are lists of batches (lists of example
-    ids): the digest covers the batches too, since they decide what a translation gives."""
+    """What a build records about its plan of chunks (lists of batches of example ids), to
+    check a resume against: the digest covers the batches, which decide what a translation
+    gives."""
     flat = [np.asarray([len(b), *b], dtype=np.int64) for chunk in chunks for b in chunk]
     flat = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
     return {
