@@ -1,14 +1,19 @@
-"""The chain: a micro plan end to end, kill and resume, bad plans, and the bin/ recipes."""
+"""The chain: a micro plan end to end, kill and resume, the decisions (commands, folders,
+skip, resume, settings checks) taken in-process, bad plans, and the bin/ recipes."""
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from sacrebleu.metrics import BLEU
 
 from evokd import cli
 from tests import utils
@@ -57,11 +62,13 @@ def micro_plan(tmp, name="micro", senior_epochs=1, **edits):
 
 
 def chain(root, plan, *extra, check=True):
-    return utils.run(
-        utils.fairseq_script("evokd") + ["chain", "--plan", str(plan), *extra],
-        cwd=root,
-        check=check,
-    )
+    """``evokd chain --plan PLAN EXTRA`` in-process from ``root``: (exit code, output)."""
+    return utils.evokd_in_process(["chain", "--plan", plan, *extra], cwd=root, check=check)
+
+
+def recipe(name, *args, cwd=None, check=True):
+    """``bin/NAME.sh ARGS`` as the script runs it (``evokd recipe NAME ARGS``), in-process."""
+    return utils.evokd_in_process(["recipe", name, *args], cwd=cwd, check=check)
 
 
 def sha(path):
@@ -73,7 +80,8 @@ def finished(tmp_path_factory):
     """The micro plan run once, uninterrupted: (root, plan, output)."""
     root = tmp_path_factory.mktemp("chain")
     plan = micro_plan(root, senior_epochs=3)
-    _, out = chain(root, plan)
+    cmd = utils.fairseq_script("evokd") + ["chain", "--plan", str(plan)]
+    _, out = utils.run(cmd, cwd=root)
     return root, plan, out
 
 
@@ -88,9 +96,21 @@ def test_micro_plan_end_to_end(finished):
         assert (root / "results" / "micro" / name).stat().st_size > 100
     rows = results(root)
     assert list(rows) == ["junior_teacher", "senior_teacher", "junior_student", "master_student"]
-    for row in rows.values():
-        assert row["bleu"] is not None and row["chrf"] is not None and row["updates"] > 0
-        assert row["parameters"] > 0
+    # one epoch of the same data and batch size is the same number of updates; three, three
+    # times as many
+    one = rows["junior_teacher"]["updates"]
+    assert [r["updates"] for r in rows.values()] == [one, 3 * one, one, one] and one >= 1
+    for name, row in rows.items():
+        best = root / "checkpoints" / "micro" / name / "checkpoint_best.pt"
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        weights = [t for k, t in state["model"].items() if not k.endswith(".version")]
+        assert row["parameters"] == sum(t.numel() for t in weights), name
+        # the tokenized BLEU of the row is sacrebleu's on the files it wrote
+        hyps, refs = (
+            (root / row[k]).read_text().splitlines() for k in ("hypotheses_tok", "references")
+        )
+        own = BLEU(tokenize="none", force=True).corpus_score(hyps, [refs]).score
+        assert row["bleu"] == pytest.approx(own, abs=1e-6), name
     assert rows["senior_teacher"]["parameters"] > rows["junior_teacher"]["parameters"]
     assert rows["master_student"]["teacher"] == "senior_teacher"
     table = (root / "results" / "micro" / "results.md").read_text()
@@ -113,17 +133,24 @@ def test_micro_plan_end_to_end(finished):
     assert "student initialised from" in master and "junior_student" in master
 
 
-def test_rerun_skips_finished_stages(finished):
+def test_rerun_skips_finished_stages(finished, monkeypatch):
     root, plan, _ = finished
+    from evokd.chain.stage import StageTrainer
+
+    monkeypatch.setattr(StageTrainer, "train", lambda *a: pytest.fail("a finished stage trained"))
     stamps = {p: p.stat().st_mtime_ns for p in (root / "checkpoints").rglob("*.pt")}
-    _, out = chain(root, plan)
+    _, out = chain(root, plan, "--no-evaluate")
     assert out.count("finished earlier, skipped") == 4
     assert {p: p.stat().st_mtime_ns for p in (root / "checkpoints").rglob("*.pt")} == stamps
 
 
 def test_killed_chain_resumes_and_matches(finished, tmp_path):
-    ref_root, _, _ = finished
-    plan = micro_plan(tmp_path, senior_epochs=3)
+    """The plan's first two stages, killed in the senior teacher's second epoch and rerun,
+    score exactly as in the uninterrupted run."""
+    ref_root, ref_plan, _ = finished
+    first_two = json.loads(ref_plan.read_text())["stages"][:2]
+    plan = micro_plan(tmp_path, senior_epochs=3, stages=first_two)
+    shutil.copytree(ref_root / "data-bin", tmp_path / "data-bin")  # prepared alike
     cmd = utils.fairseq_script("evokd") + ["chain", "--plan", str(plan)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     senior = tmp_path / "checkpoints" / "micro" / "senior_teacher"
@@ -148,9 +175,150 @@ def test_killed_chain_resumes_and_matches(finished, tmp_path):
     log = (senior / "train.log").read_text()
     assert "Loaded checkpoint" in log
     ours, reference = results(tmp_path), results(ref_root)
-    for name, row in reference.items():
+    assert list(ours) == ["junior_teacher", "senior_teacher"]
+    for name, row in ours.items():
         for key in ("bleu", "sacrebleu", "chrf", "updates"):
-            assert ours[name][key] == row[key], (name, key)
+            assert reference[name][key] == row[key], (name, key)
+
+
+# ---------------------------------------------------------------------------------------
+# The decisions, in-process: commands, folders, skip, resume, settings checks. No stage
+# trains here: StageTrainer.train is replaced by a fake that records what it was asked.
+
+
+@pytest.fixture
+def decisions(tmp_path, monkeypatch):
+    """The micro plan on a stand-in data folder, and a chain whose training is recorded:
+    (chain, trained stage names, progress lines, a function writing a stage's record)."""
+    from evokd.chain.plan import load_plan
+    from evokd.chain.runner import Chain
+    from evokd.chain.stage import StageTrainer
+    from evokd.core.devices import Devices
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang in ("de", "en"):
+        (data / f"dict.{lang}.txt").write_text("a 1\n")
+    plan = load_plan(str(micro_plan(tmp_path, prepare=None, data=str(data))))
+    lines, trained = [], []
+    chain = Chain(plan, checkpoints=tmp_path / "ck", results=tmp_path / "res",
+                  devices=Devices(gpus=0), progress=lines.append)  # fmt: skip
+
+    def finish(name, **changes):
+        stage = plan.stage(name)
+        folder = chain.layout.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "checkpoint_best.pt").touch()
+        (folder / "checkpoint_last.pt").touch()
+        record = {**chain.trainer.identity(stage), "budget": chain.trainer.budget(stage)}
+        record.update(finished=True, settings=chain.trainer.settings(stage), updates=10)
+        record.update(changes)
+        (folder / "evokd_stage.json").write_text(json.dumps(record))
+
+    def train(trainer, stage):
+        trained.append(stage.name)
+        finish(stage.name)
+        return trainer.stage_record(stage)
+
+    monkeypatch.setattr(StageTrainer, "train", train)
+    return SimpleNamespace(chain=chain, plan=plan, trained=trained, lines=lines, finish=finish)
+
+
+def test_commands_of_the_stages(decisions):
+    chain, plan = decisions.chain, decisions.plan
+    ck = decisions.chain.layout.checkpoints
+    cmd = {s.name: chain.trainer.train_command(s) for s in plan.stages}
+
+    def value(name, flag):
+        return cmd[name][cmd[name].index(flag) + 1]
+
+    for name in cmd:
+        assert value(name, "--save-dir") == str(ck / name) and cmd[name][-1] == "--cpu"
+        assert value(name, "--task") == "evokd_translation"
+    assert "--teacher-path" not in cmd["junior_teacher"]
+    assert value("junior_teacher", "--criterion") == "label_smoothed_cross_entropy"
+    assert value("junior_student", "--teacher-path") == str(
+        ck / "junior_teacher" / "checkpoint_best.pt"
+    )
+    assert value("junior_student", "--criterion") == "word_kd"
+    # the stage's kd over the plan's over WordKDConfig's defaults (temperature 1, alpha 0.5)
+    assert value("junior_student", "--kd-temperature") == "2"
+    assert value("master_student", "--kd-temperature") == "1.0"
+    assert value("master_student", "--kd-alpha") == "0.5"
+    assert value("master_student", "--init-student-from") == str(
+        ck / "junior_student" / "checkpoint_best.pt"
+    )
+    assert value("senior_teacher", "--encoder-embed-dim") == "48"
+
+
+def test_two_processes_split_the_batch(decisions):
+    from evokd.chain.stage import StageTrainer
+    from evokd.core.devices import Devices
+
+    chain = decisions.chain
+    trainer = StageTrainer(chain.plan, chain.layout, Devices(gpus=2, environ={}))
+    cmd = trainer.train_command(chain.plan.stage("junior_teacher"))
+    assert cmd[1:5] == ["--nproc-per-node", "2", "--master-port", "29500"]
+    assert cmd[cmd.index("--max-tokens") + 1] == "1000"  # 2000 for one process
+    assert cmd[cmd.index("--distributed-world-size") + 1] == "2"
+
+
+def test_finished_stages_are_skipped_and_an_interrupted_one_resumed(decisions):
+    for name in ("junior_teacher", "senior_teacher"):
+        decisions.finish(name)
+    decisions.finish("junior_student", finished=False)  # killed: no record of its end
+    decisions.chain.run(evaluate=False)
+    assert decisions.trained == ["junior_student", "master_student"]
+    lines = decisions.lines
+    assert "[1/4] junior_teacher: finished earlier, skipped" in lines
+    assert "[2/4] senior_teacher: finished earlier, skipped" in lines
+    assert any(line.startswith("[3/4] junior_student: resuming, 1 epoch, KD") for line in lines)
+    assert any(line.startswith("[4/4] master_student: training, 1 epoch") for line in lines)
+
+
+def test_a_bigger_budget_trains_a_finished_stage_on(decisions):
+    decisions.finish("junior_teacher", budget={"max_epoch": 0, "max_update": None})
+    decisions.chain.run(only=["junior_teacher"], evaluate=False)
+    assert decisions.trained == ["junior_teacher"]
+
+
+def test_folder_of_another_stage_or_other_settings_is_refused(decisions):
+    from evokd.errors import EvokdError
+
+    decisions.finish("junior_teacher", stage="senior_teacher")
+    with pytest.raises(EvokdError, match="holds checkpoints of another stage"):
+        decisions.chain.run(evaluate=False)
+    decisions.finish("junior_teacher", settings="--lr 1")
+    with pytest.raises(EvokdError, match="made with other settings") as found:
+        decisions.chain.run(evaluate=False)
+    assert "--lr 1" in str(found.value) and "--lr 0.001" in str(found.value)
+    assert decisions.trained == []
+
+
+def test_a_stage_needs_its_teacher_first(decisions):
+    from evokd.errors import EvokdError
+
+    with pytest.raises(EvokdError, match="master_student needs its teacher senior_teacher") as e:
+        decisions.chain.run(only=["master_student"], evaluate=False)
+    assert "--stage senior_teacher first" in str(e.value) and decisions.trained == []
+
+
+def test_teacher_steps_come_before_the_stage(decisions, monkeypatch):
+    from evokd.chain.runner import Chain
+
+    chain = decisions.chain
+    chain.plan.stage("junior_student").kd["cache"] = {"topk": 4}
+    decisions.finish("junior_teacher")
+    built = []
+    monkeypatch.setattr(
+        Chain, "build_cache", lambda self, s: built.append((s.name, decisions.trained[:]))
+    )
+    chain.run(only=["junior_student"], evaluate=False)
+    assert built == [("junior_student", [])] and decisions.trained == ["junior_student"]
+    cmd = chain.trainer.train_command(chain.plan.stage("junior_student"))
+    cache = cmd[cmd.index("--teacher-cache") + 1]
+    assert cache == str(chain.layout.checkpoints / "caches" / "junior_teacher.data.top4")
+    assert cmd[cmd.index("--kd-topk") + 1] == "4"
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,19 +374,14 @@ def test_missing_data_is_rejected(tmp_path, capsys):
 
 def test_recipe_needs_its_teacher_first(finished, tmp_path):
     root, plan, _ = finished
-    code, out = utils.run(
-        ["bash", str(REPO / "bin" / "junior_student.sh"), str(root), "29500", "0"]
-        + ["--preset", str(plan), "--save-dir", str(tmp_path / "js"), "--data", "data-bin/nope"],
-        check=False,
-    )
+    code, out = recipe(
+        "junior_student", root, "29500", "0", "--preset", plan, "--save-dir", tmp_path / "js",
+        "--data", "data-bin/nope", check=False,
+    )  # fmt: skip
     assert code == 2 and "holds no binarized data" in out
     fresh = micro_plan(tmp_path, name="fresh")
     utils.run(["cp", "-r", str(root / "data-bin"), str(tmp_path)])
-    code, out = utils.run(
-        ["bash", str(REPO / "bin" / "master_student.sh"), str(tmp_path), "29500", "0"]
-        + ["--preset", str(fresh)],
-        check=False,
-    )
+    code, out = recipe("master_student", tmp_path, "29500", "0", "--preset", fresh, check=False)
     assert code == 2
     assert "master_student needs its teacher senior_teacher" in out
     assert "run bin/senior_teacher.sh first" in out
@@ -233,11 +396,10 @@ def test_recipe_reads_relative_flags_from_the_callers_folder(finished, tmp_path)
     here.mkdir()
     utils.run(["cp", "-r", str(root / "data-bin" / "micro.de-en"), str(here / "mine")])
     (here / "my-plan.yaml").write_text(plan.read_text())
-    _, out = utils.run(
-        ["bash", str(REPO / "bin" / "junior_student.sh"), str(root), "29500", "0"]
-        + ["--preset", "my-plan.yaml", "--data", "mine", "--save-dir", "js", "--dry-run"],
-        cwd=here,
-    )
+    _, out = recipe(
+        "junior_student", root, "29500", "0", "--preset", "my-plan.yaml", "--data", "mine",
+        "--save-dir", "js", "--dry-run", cwd=here,
+    )  # fmt: skip
     command = out.strip().splitlines()[-1].split()
     assert command[command.index("--user-dir") - 1] == str(here / "mine")
     assert command[command.index("--save-dir") + 1] == str(here / "js")
@@ -246,10 +408,8 @@ def test_recipe_reads_relative_flags_from_the_callers_folder(finished, tmp_path)
 def test_stage_folder_of_another_stage_is_refused(finished):
     root, plan, _ = finished
     other = root / "checkpoints" / "micro" / "master_student"
-    code, out = utils.run(
-        ["bash", str(REPO / "bin" / "junior_student.sh"), str(root), "29500", "0"]
-        + ["--preset", str(plan), "--save-dir", str(other)],
-        check=False,
+    code, out = recipe(
+        "junior_student", root, "29500", "0", "--preset", plan, "--save-dir", other, check=False
     )
     assert code == 2 and "holds checkpoints of another stage" in out
 
@@ -271,10 +431,10 @@ def test_recipe_help(name):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_positional_form_parses(name, tmp_path):
-    code, out = utils.run(
-        ["bash", str(REPO / "bin" / f"{name}.sh"), str(tmp_path), "29533", "2"]
-        + ["--preset", "paper", "--max-epoch", "7", "--dry-run", "--", "--patience", "3"]
-    )
+    code, out = recipe(
+        name, tmp_path, "29533", "2", "--preset", "paper", "--max-epoch", "7", "--dry-run",
+        "--", "--patience", "3",
+    )  # fmt: skip
     command = out.strip().splitlines()[-1]
     assert "--nproc-per-node 2 --master-port 29533 -m evokd.train" in command
     assert f"--save-dir checkpoints/paper/{name} " in command

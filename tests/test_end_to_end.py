@@ -19,9 +19,13 @@ def test_prepare_teacher_distil_generate(tmp_path):
     kd = ["--task", "evokd_translation", "--teacher-path", str(teacher_dir / "checkpoint_best.pt")]
     kd += ["--criterion", "word_kd", "--kd-alpha", "0.5", "--kd-temperature", "2"]
     kd += ["--kd-loss", "forward_kl", "--kd-topk", "8"]
-    records, out = utils.train(data, student_dir, "transformer_evokd_tiny_student", extra=kd)
+    student = "transformer_evokd_tiny_student"
+    records, out = utils.train(data, student_dir, student, extra=kd, script="fairseq-train")
     train = [r for r in records if r["_tag"] == "train"][-1]
-    assert float(train["train_kd_loss"]) > 0 and float(train["train_teacher_nll_loss"]) > 0
+    loss, kd, nll = (float(train[f"train_{k}"]) for k in ("loss", "kd_loss", "nll_loss"))
+    # loss = (1 - alpha) * label-smoothed NLL + alpha * T^2 * KD, with alpha 0.5 and T 2, and
+    # the label-smoothed NLL (smoothing 0.1) is at least 0.9 times the NLL (all per token)
+    assert kd > 0 and loss - 2 * kd >= 0.5 * 0.9 * nll - 0.01
     valid = [r for r in records if r["_tag"] == "valid"][-1]
     assert "valid_kd_loss" not in valid  # validation scores the student alone
 
@@ -38,4 +42,8 @@ def test_prepare_teacher_distil_generate(tmp_path):
     hyps = [line for line in gen.splitlines() if line.startswith("H-")]
     assert len(hyps) == 40
     assert not any("@@" in h for h in hyps)
-    assert re.search(r"BLEU4 = \d+\.\d+", gen)
+    # the BLEU line counts the words of the hypotheses and of the references it printed
+    found = re.search(r"BLEU4 = [\d.]+, .* syslen=(\d+), reflen=(\d+)\)", gen)
+    refs = [line for line in gen.splitlines() if line.startswith("T-")]
+    words = [sum(len(line.split("\t")[-1].split()) for line in lines) for lines in (hyps, refs)]
+    assert [int(found.group(1)), int(found.group(2))] == words

@@ -219,3 +219,24 @@ def interrupt_on_call(monkeypatch, module, name, n):
 
     monkeypatch.setattr(module, name, wrapper)
     return real
+
+
+def evokd_in_process(argv, cwd=None, check=True):
+    """``evokd ARGV`` in this process, from ``cwd``: (exit code, stdout and stderr). The
+    current folder is restored after it (``evokd recipe`` changes to its ROOT)."""
+    import contextlib
+    import io
+
+    from evokd import cli
+
+    out, here = io.StringIO(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = cli.main([str(a) for a in argv])
+    finally:
+        os.chdir(here)
+    if check and code != 0:
+        raise AssertionError(f"evokd {' '.join(map(str, argv))} failed:\n{out.getvalue()[-4000:]}")
+    return code, out.getvalue()
