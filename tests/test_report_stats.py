@@ -5,11 +5,11 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from sacrebleu.metrics import BLEU
-from sacrebleu.significance import PairedTest
 
 from evokd.chain import curves, seeds
 from evokd.chain.report import markdown_table, seeds_table, significance_table, write_report
@@ -39,21 +39,6 @@ def texts(tmp_path_factory):
         found[f"{name}_file"] = folder / f"{name}.txt"
         found[f"{name}_file"].write_text("\n".join(lines) + "\n", encoding="utf-8")
     return found
-
-
-def sacrebleu_paired(base, system, refs, metric, n_samples, seed, monkeypatch):
-    """sacrebleu's own paired bootstrap, called as its CLI calls it."""
-    monkeypatch.setenv("SACREBLEU_SEED", str(seed))
-    test = PairedTest(
-        [("base", base), ("sys", system)],
-        {"m": metric},
-        [refs],
-        test_type="bs",
-        n_samples=n_samples,
-    )
-    _, scores = test()
-    (name,) = [k for k in scores if k != "System"]
-    return scores[name]
 
 
 # --- significance ----------------------------------------------------------------------------
@@ -99,7 +84,7 @@ def test_bootstrap_is_sacrebleus_command_line(texts, monkeypatch):
     assert os.environ["SACREBLEU_SEED"] == "99"
 
 
-def test_compare_evaluations_scores_like_evaluate(texts, monkeypatch):
+def test_compare_evaluations_scores_like_evaluate(texts):
     """From the files an evaluation names: tokenized BLEU on the tokenized files, chrF on
     the detokenized hypotheses and the raw references, exactly as evaluate scores them."""
 
@@ -262,7 +247,7 @@ def test_init_from_continues_the_source_line(trained, tmp_path):
         curves.chain_curves([{"name": "a", "init_from": "b"}, {"name": "b", "init_from": "a"}])
 
 
-def test_compare_two_real_evaluations(data_bin, trained, monkeypatch):
+def test_compare_two_real_evaluations(data_bin, trained):
     """Two checkpoints evaluated by evokd evaluate, compared from the files it wrote."""
     root, _ = trained
     outs = [root / "json" / f"checkpoint{epoch}.valid.json" for epoch in (1, 2)]
@@ -273,13 +258,20 @@ def test_compare_two_real_evaluations(data_bin, trained, monkeypatch):
     assert list(found) == ["bleu"]  # no raw references in this data: no chrF
     first, second = (json.loads(out.read_text()) for out in outs)
     assert found["bleu"]["baseline"] == first["bleu"] and found["bleu"]["system"] == second["bleu"]
-    base, system, refs = (
-        Path(path).read_text(encoding="utf-8").splitlines()
-        for path in (first["hypotheses_tok"], second["hypotheses_tok"], first["references"])
+    # the files it compared, through the sacrebleu command line with the same seed
+    first_hyps, second_hyps, refs = (
+        first["hypotheses_tok"],
+        second["hypotheses_tok"],
+        first["references"],
     )
-    metric = BLEU(tokenize="none", force=True)
-    own = sacrebleu_paired(base, system, refs, metric, 200, 5, monkeypatch)
-    assert found["bleu"]["p_value"] == own[1].p_value and found["bleu"]["system_ci"] == own[1].ci
+    cmd = [str(Path(sys.executable).parent / "sacrebleu"), refs, "-i", first_hyps, second_hyps]
+    cmd += ["--paired-bs", "--paired-bs-n", "200", "-m", "bleu", "-tok", "none", "--force"]
+    cmd += ["-f", "json"]
+    env = {**os.environ, "SACREBLEU_SEED": "5"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    own = json.loads(done.stdout)[1]["BLEU"]
+    assert found["bleu"]["p_value"] == pytest.approx(own["p_value"], abs=1e-9)
+    assert found["bleu"]["system_ci"] == pytest.approx(own["ci"], abs=1e-9)
     rows = significance.compare_stages(
         {"student_model": outs[0], "junior_student": outs[1], "master_student": None},
         default_pairs(["student_model", "junior_student", "master_student"]),
