@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from evokd.core.metrics import detokenize, score
 from evokd.core.runtime import USER_DIR
 from evokd.errors import EvokdError
 
@@ -119,8 +120,6 @@ def score_output(out, n, tgt, refs_tok=None, refs_raw=None, log_path="the log"):
     ``refs_raw`` when given. Returns (tokenized hypotheses, detokenized hypotheses,
     tokenized references, scores).
     """
-    from evokd.core.metrics import detokenize, score
-
     hyps_tok = in_order(out.hypotheses, n, "hypotheses", log_path)
     if refs_tok is None:
         refs_tok = in_order(out.targets, n, "references", log_path)
