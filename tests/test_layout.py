@@ -239,7 +239,7 @@ def test_architecture_names_every_module():
     found = {
         f"doc {path.relative_to(PACKAGE)}"
         for path in MODULES.values()
-        if str(path.relative_to(PACKAGE)) not in text
+        if str(path.relative_to(PACKAGE)) not in text and path.stat().st_size  # empty __init__
     }
     fixed = {k for k in KNOWN if k.startswith("doc ") and k not in found}
     assert (sorted(found - KNOWN), sorted(fixed)) == ([], [])
