@@ -295,7 +295,7 @@ def test_sentence_chrf_is_the_command_lines():
 
 
 def test_fairseq_generate_output_is_parsed_once():
-    from evokd.core.generate import in_order, parse
+    from evokd.core.generate import in_order, parse, score_output
 
     log = [
         "S-1\tein hund .",
@@ -317,6 +317,8 @@ def test_fairseq_generate_output_is_parsed_once():
     with pytest.raises(EvokdError, match="1 references for 2 sentences .missing ids 0."):
         in_order(out.targets, 2, "references", "log")
     assert parse(["no summary"]).seconds is None
+    with pytest.raises(EvokdError, match="1 tokenized references for 2 sentences"):
+        score_output(out, 2, "en", ["the dog ."])
 
 
 # --- errors before any work ----------------------------------------------------------------

@@ -121,6 +121,9 @@ def score_output(out, n, tgt, refs_tok=None, refs_raw=None, log_path="the log"):
     tokenized references, scores).
     """
     hyps_tok = in_order(out.hypotheses, n, "hypotheses", log_path)
+    for refs, what in ((refs_tok, "tokenized"), (refs_raw, "raw")):
+        if refs is not None and len(refs) != n:
+            raise EvokdError(f"{len(refs)} {what} references for {n} sentences; see {log_path}")
     if refs_tok is None:
         refs_tok = in_order(out.targets, n, "references", log_path)
     hyps_detok = detokenize(hyps_tok, tgt)
