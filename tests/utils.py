@@ -122,9 +122,13 @@ def train_in_process(argv):
     """fairseq-train in this process, as fairseq's own tests run it
     (``distributed_utils.call_main(cfg, train.main)``); returns (exit code, log text).
     An exception during set-up or training is the non-zero exit, its message in the log."""
-    from fairseq import distributed_utils, options
+    from fairseq import checkpoint_utils, distributed_utils, options
     from fairseq_cli import train as fairseq_train
 
+    # fairseq keeps the best validation score of the process on a function attribute; a new
+    # run starts without one, as a new fairseq-train process does
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        del checkpoint_utils.save_checkpoint.best
     handler, root = _Lines(), logging.getLogger()
     level = root.level
     root.addHandler(handler)
