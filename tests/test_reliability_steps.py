@@ -13,6 +13,7 @@ import pytest
 
 from evokd import cli
 from evokd import files as steps
+from evokd.core.devices import Devices
 from evokd.distill import seqkd as dd
 from evokd.errors import EvokdError
 from evokd.methods.mckd import relabel as mckd
@@ -275,8 +276,9 @@ def test_killed_mckd_relabelling_resumes_to_the_same_labels(
 
 def test_mckd_half_cut_short_is_refused(data_bin, teacher_ckpt, tmp_path):
     """A half folder whose pairs are not the ids split.json gives it is refused when read."""
-    run = mckd.Relabelling.__new__(mckd.Relabelling)
-    run.out, run.pair, run.src, run.tgt = tmp_path, "de-en", "de", "en"
+    settings = {"teacher": str(teacher_ckpt), "data": str(data_bin)}
+    settings.update(source_lang="de", target_lang="en", pair="de-en")
+    run = mckd.Relabelling(tmp_path, settings, Devices(gpus=0))
     folder = tmp_path / "labels" / "stage1" / "A"
     shutil.copytree(data_bin, folder)
     (folder / mckd.IDS).write_text("".join(f"{i}\n" for i in range(200)))
