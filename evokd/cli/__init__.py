@@ -152,8 +152,8 @@ def add_device_arguments(parser):
 
 def add_decoding_arguments(parser, title="decoding (fairseq-generate flags)", batch_size=False):
     """--beam, --lenpen, --max-len-a, --max-len-b and --max-tokens (with ``batch_size``, or
-    --batch-size instead), with the defaults of :data:`evokd.core.inference.DECODING`."""
-    from evokd.core.inference import DECODING
+    --batch-size instead), with the defaults of :data:`evokd.core.decoding.DECODING`."""
+    from evokd.core.decoding import DECODING
 
     group = parser.add_argument_group(title)
     group.add_argument(

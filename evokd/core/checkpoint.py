@@ -10,8 +10,6 @@ import argparse
 import logging
 import os
 
-import torch
-
 from evokd.data.folder import dictionary_path, dictionary_size, symbols
 from evokd.errors import EvokdError
 
@@ -34,6 +32,8 @@ def _numpy_globals():
 
 def register_safe_globals():
     """Allow-list the non-tensor types that fairseq checkpoints hold."""
+    import torch
+
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 loads everything anyway
         add([argparse.Namespace, *_numpy_globals()])
@@ -76,6 +76,8 @@ def _not_fairseq(state):
 
 def _diagnose(path, exc):
     """Why fairseq could not load ``path``: not a torch file, or not a fairseq one."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
@@ -191,6 +193,7 @@ def build_model(path, task, flag="--teacher-path", state=None):
     The architecture comes from the checkpoint. The global RNG is left untouched, so a
     student built afterwards gets the same random initialisation as without a teacher.
     """
+    import torch
     from fairseq import models
 
     state = load_checkpoint(path, flag) if state is None else state
@@ -224,6 +227,8 @@ def count_parameters(model_state):
     Equals ``sum(p.numel() for p in model.parameters())`` for fairseq's transformers, the
     "num. shared model params" that fairseq-train logs.
     """
+    import torch
+
     seen, total = set(), 0
     for key, tensor in model_state.items():
         if key.endswith(BUFFER_SUFFIXES) or not torch.is_tensor(tensor):

@@ -66,7 +66,7 @@ def parse(lines, wall_seconds=0.0):
 
 def command(checkpoint, data, subset, src, tgt, decoding_args):
     """The fairseq-generate command line; ``decoding_args`` as
-    :meth:`evokd.core.inference.Decoding.fairseq_args` writes them."""
+    :meth:`evokd.core.decoding.Decoding.fairseq_args` writes them."""
     cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data), "--path", str(checkpoint)]
     cmd += ["--user-dir", USER_DIR, "--gen-subset", subset, "--source-lang", src]
     cmd += ["--target-lang", tgt, "--remove-bpe", "--num-workers", "0", "--no-progress-bar"]

@@ -24,8 +24,6 @@ from evokd.errors import EvokdError
 logger = logging.getLogger(__name__)
 
 ORDER_SEED = 2  # fairseq-generate sorts with numpy seed --seed (1) + epoch (1)
-# The decoding defaults of every evokd command that translates: fairseq-generate's own.
-DECODING = {"beam": 5, "lenpen": 1.0, "max_len_a": 0.0, "max_len_b": 200, "max_tokens": 8000}
 TOO_LONG = ("error", "skip")
 
 
@@ -189,48 +187,3 @@ def score_targets(translator, sources, targets):
     sample = move_to_device(sample, t.device)
     hypos = SequenceScorer(t.task.target_dictionary).generate([t.model], sample)
     return {i: -float(h[0]["score"]) for i, h in zip(sample["id"].tolist(), hypos)}
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Beam search settings, named and defaulting as fairseq-generate's flags
-    (:data:`DECODING`): ``max_tokens`` per batch (8000 unless ``batch_size`` is given),
-    output length at most ``max_len_a * source length + max_len_b``; ``cpu``: also
-    where there is a GPU."""
-
-    beam: int = DECODING["beam"]
-    lenpen: float = DECODING["lenpen"]
-    max_tokens: Optional[int] = None
-    batch_size: Optional[int] = None
-    max_len_a: float = DECODING["max_len_a"]
-    max_len_b: int = DECODING["max_len_b"]
-    cpu: bool = False
-
-    def check(self):
-        """Fail naming the flag of the first setting out of range."""
-        import math
-
-        from evokd.errors import check_number
-
-        check_number(self.beam, "--beam", 1)
-        if not (isinstance(self.lenpen, (int, float)) and math.isfinite(self.lenpen)):
-            raise EvokdError(f"--lenpen {self.lenpen}: expected a finite number")
-        check_number(self.max_tokens, "--max-tokens", 1)
-        check_number(self.batch_size, "--batch-size", 1)
-        check_number(self.max_len_a, "--max-len-a", 0, kind=float)
-        check_number(self.max_len_b, "--max-len-b", 1)
-        if self.max_tokens is not None and self.batch_size is not None:
-            raise EvokdError("--max-tokens and --batch-size: give one or the other")
-        return self
-
-    def fairseq_args(self):
-        """The fairseq-generate flags of these settings (``--cpu`` on the CPU)."""
-        args = ["--beam", str(self.beam), "--lenpen", str(self.lenpen)]
-        args += ["--max-len-a", str(self.max_len_a), "--max-len-b", str(self.max_len_b)]
-        if self.batch_size is not None:
-            args += ["--batch-size", str(self.batch_size)]
-        else:
-            args += ["--max-tokens", str(self.max_tokens or DECODING["max_tokens"])]
-        if choose_device(self.cpu).type == "cpu":
-            args.append("--cpu")
-        return args

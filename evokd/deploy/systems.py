@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from evokd.core.generate import generate, score_output
-from evokd.core.inference import Decoding
+from evokd.core.decoding import Decoding
 from evokd.core.metrics import detokenize, score
 from evokd.data.layout import existing_text
 from evokd.deploy import engines

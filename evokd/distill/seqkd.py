@@ -40,7 +40,8 @@ import torch
 
 from evokd import files
 from evokd.core.build import ChunkedBuild, check_count, plan_chunks
-from evokd.core.inference import DECODING, Translator, choose_device, translate
+from evokd.core.decoding import DECODING
+from evokd.core.inference import Translator, choose_device, translate
 from evokd.data.folder import data_digest, language_pair, write_subset
 from evokd.errors import EvokdError
 

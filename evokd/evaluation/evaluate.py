@@ -31,7 +31,7 @@ from evokd.core.checkpoint import (
     load_checkpoint,
 )
 from evokd.core.generate import generate, score_output
-from evokd.core.inference import DECODING, Decoding
+from evokd.core.decoding import DECODING, Decoding
 from evokd.data.folder import subset_size, write_dataset
 from evokd.data.layout import existing_text
 from evokd.errors import EvokdError, check_number

@@ -49,7 +49,7 @@ from evokd.chain.stage import StageTrainer
 from evokd.core.build import check_complete, check_count
 from evokd.core.checkpoint import check_exists, languages, load_checkpoint
 from evokd.core.devices import Devices
-from evokd.core.inference import DECODING
+from evokd.core.decoding import DECODING
 from evokd.data.folder import data_digest, language_pair, load_side, subset_size, write_folder
 from evokd.distill.seqkd import META as DISTILLED
 from evokd.distill.seqkd import distill_data, open_distilled
@@ -302,7 +302,7 @@ def run_mckd(
     ``train_flags``: fairseq flags of every student, as a plan's ``train:`` section
     (default: the ``tiny`` preset's). ``devices``: a :class:`evokd.core.devices.Devices`.
     ``beam``, ``lenpen``, ``max_len_a``, ``max_len_b``, ``max_tokens``: decoding of every
-    relabelling (default: :data:`evokd.core.inference.DECODING`).
+    relabelling (default: :data:`evokd.core.decoding.DECODING`).
     ``extra_args``: fairseq-train flags after all others. ``evaluate``: score the final
     student on DATA's test set with ``evaluate_args`` (keys of
     :func:`evokd.evaluation.evaluate.evaluate_checkpoint`; default subset test, beam ``beam``).

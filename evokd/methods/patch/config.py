@@ -3,7 +3,7 @@
 import math
 from dataclasses import dataclass
 
-from evokd.core.inference import DECODING
+from evokd.core.decoding import DECODING
 from evokd.errors import EvokdError
 
 from .select import check_selection
