@@ -19,7 +19,8 @@ def data_bin(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def teacher_ckpt(data_bin, tmp_path_factory):
-    """A tiny teacher (2 layers, width 32) trained for two epochs with plain LS-CE."""
+    """A tiny teacher (2 layers, width 48; the students are 32) trained for two epochs with
+    plain LS-CE."""
     save_dir = tmp_path_factory.mktemp("teacher")
     wider = ["--encoder-embed-dim", "48", "--decoder-embed-dim", "48"]
     utils.train(data_bin, save_dir, "transformer_evokd_tiny_senior", extra=wider, epochs=2)

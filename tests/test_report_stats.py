@@ -312,7 +312,7 @@ def test_mean_and_std_over_two_seeds():
     assert senior["sacrebleu_n"] == 1 and senior["sacrebleu_values"] == [None, 4.0]
     assert senior["seqkd_teacher"] == "senior_teacher"
 
-    table = seeds.markdown_table(seeds.aggregate(rows))
+    table = seeds_table(seeds.aggregate(rows))
     assert "| student_model | 2 | 3.50 ± 0.71 | 3.00 ± 0.71 | 21.00 ± 1.41 |" in table
     assert "| senior_student | 2 | 5.75 ± 1.06 | 4.00 (n=1) | 30.50 ± 0.71 |" in table
 

@@ -182,10 +182,11 @@ def write_results(plan, trainer, scores):
 
 def report_seeds(plan, rows_per_seed, results):
     """Mean and deviation over seeds of every stage, into ``results/results.md``."""
-    from evokd.chain.seeds import aggregate, markdown_table
+    from evokd.chain.report import seeds_table
+    from evokd.chain.seeds import aggregate
 
     seed_rows = aggregate(rows_per_seed)
-    table = markdown_table(seed_rows)
+    table = seeds_table(seed_rows)
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     seeds = ", ".join(str(s) for s in rows_per_seed)

@@ -1,15 +1,11 @@
 """One plan run with several seeds: per stage, the mean and standard deviation of each score.
 
 The deviation is the sample standard deviation (``statistics.stdev``, n - 1 in the
-denominator), None with fewer than two values. :func:`markdown_table` (that is,
-:func:`evokd.chain.report.seeds_table`) shows the result as "mean ± std" per stage.
+denominator), None with fewer than two values. :func:`evokd.chain.report.seeds_table`
+shows the result as "mean ± std" per stage.
 """
 
 import statistics
-
-from evokd.chain.report import seeds_table as markdown_table
-
-__all__ = ["aggregate", "markdown_table"]
 
 SCORES = ("bleu", "sacrebleu", "chrf")
 KEPT = ("architecture", "parameters", "teacher", "seqkd_teacher", "init_from", "role")
