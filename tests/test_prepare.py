@@ -13,6 +13,7 @@ from evokd.data import bpe, corpora, iwslt14
 from evokd.data import prepare as prep
 from evokd.data import prepare_steps as steps
 from evokd.data.moses import CleanConfig, Cleaner, Tokenizer
+from evokd.data.textio import visible
 from evokd.errors import EvokdError
 
 TRAIN, EVAL = 300, 50  # Multi30k pairs used by the shared preparation
@@ -173,6 +174,66 @@ def test_cleaning_in_the_pipeline(tmp_path):
     assert lines_of(prep.text_path(out, "train", "de", "tok")) == ["ein hund läuft ."]
     assert lines_of(prep.text_path(out, "train", "en", "tok")) == ["a dog runs ."]
     assert len(lines_of(prep.text_path(out, "test", "en", "tok"))) == 5  # never cleaned
+
+
+# --- screening: invisible characters, empty sides, pairs too long -------------------------
+
+
+def test_visible_removes_format_characters_after_nfc():
+    invisible = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e"
+    assert visible(f"a{invisible}b") == ("ab", 7)
+    assert visible("Mu\u0308ller") == ("M\u00fcller", 0)  # NFC composes, removes nothing
+    assert visible("\ufb01x\u00b2 \uff21") == ("\ufb01x\u00b2 \uff21", 0)  # not NFKC
+    assert visible("plain text") == ("plain text", 0)
+
+
+def test_prepare_reports_dropped_and_flagged_pairs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(steps, "binarize_step", fake_binarize())
+    raw = tmp_path / "raw"
+    small_text_corpus(raw)
+    train_de = [f"Satz {i} im train ist gut." for i in range(40)]
+    train_en = [f"Sentence {i} in train is good." for i in range(40)]
+    write(raw / "train.de", train_de + [
+        "Ein Hund\u200b läuft.",  # kept, one invisible character removed
+        "",  # empty side: dropped
+        "\u200b\u00ad ",  # empty once the invisible characters are gone: dropped
+        " ".join(["wort"] * 5000),  # 5,000 words: too long for 1024 positions
+        "Mu\u0308ller kommt.",
+    ])  # fmt: skip
+    write(raw / "train.en", train_en + [
+        "A dog\ufeff runs.", "Hello.", "Hi.", " ".join(["word"] * 5000), "Muller comes.",
+    ])  # fmt: skip
+    write(raw / "valid.de", ["\ufeffSatz 0 im valid ist gut."] + [f"Satz {i}." for i in range(4)])
+    write(raw / "valid.en", [""] + [f"Sentence {i}." for i in range(4)])  # kept, flagged
+    out = tmp_path / "out"
+    argv = ["prepare", "text", "--out", str(out), "--vocab-size", "60", "--workers", "1"]
+    argv += [f"--{s}={raw / s}" for s in corpora.SPLITS]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    metadata = prep.read_metadata(out)
+    assert metadata["pairs"] == {"train": 43, "valid": 5, "test": 5}
+    assert metadata["max_positions"] == 1024 and "NFC" in metadata["normalization"]
+    zero = dict.fromkeys(("empty_side", "cleaned", "invisible_characters", "too_long"), 0)
+    assert metadata["screening"] == {
+        "train": {**zero, "empty_side": 2, "invisible_characters": 1, "too_long": 1,
+                  "characters_removed": 2},
+        "valid": {**zero, "empty_side": 1, "invisible_characters": 1, "characters_removed": 1},
+        "test": {**zero, "characters_removed": 0},
+    }  # fmt: skip
+    assert set(metadata["screening_reasons"]) == set(zero)
+    assert "train: 2 with an empty side (dropped)" in printed
+    assert "1 too long for the models' positions (fairseq-train skips them)" in printed
+    assert "valid: 1 with an empty side (kept but flagged)" in printed
+    tok_de = lines_of(prep.text_path(out, "train", "de", "tok"))
+    assert tok_de[40:] == ["ein hund läuft .", " ".join(["wort"] * 5000), "m\u00fcller kommt ."]
+    assert lines_of(prep.text_path(out, "train", "en", "tok"))[40] == "a dog runs ."
+    assert lines_of(prep.text_path(out, "valid", "de", "raw"))[0] == "Satz 0 im valid ist gut."
+    assert lines_of(prep.text_path(out, "valid", "en", "tok"))[0] == ""
+    # the limit counts BPE tokens and the end-of-sentence token, on either side
+    lengths = [len(line.split()) for line in lines_of(prep.text_path(out, "train", "de"))]
+    over = {n: sum(1 for k in lengths if k + 1 > n) for n in (6, 1024)}
+    assert steps.too_long(out, "de", "en", 1024)["train"] == over[1024] == 1
+    assert steps.too_long(out, "de", "en", 6)["train"] >= over[6] > 1
 
 
 # --- IWSLT14 ------------------------------------------------------------------------------

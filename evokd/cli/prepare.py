@@ -12,11 +12,16 @@ corpora:
             (raw UTF-8, one segment per line, line N of one side translating line N of the
             other). Not cleaned unless --clean; 8000 BPE pieces.
 
-pipeline (the same for every corpus): sacremoses tokenization (tokenizer.perl without -a);
-for training pairs, optional cleaning like clean-corpus-n.perl -ratio 1.5 with 1 to 175
-tokens per side; lowercasing; one joint sentencepiece BPE model learnt on both sides of the
-training text and written subword-nmt style ("a@@ b"), which fairseq's --remove-bpe undoes;
-fairseq-preprocess --joined-dictionary.
+pipeline (the same for every corpus): Unicode NFC, then invisible format characters removed
+(zero-width space/joiners, word joiner, byte-order mark, soft hyphen: category Cf);
+sacremoses tokenization (tokenizer.perl without -a); training pairs with an empty side
+dropped (valid and test keep them, flagged); for training pairs, optional cleaning like
+clean-corpus-n.perl -ratio 1.5 with 1 to 175 tokens per side; lowercasing; one joint
+sentencepiece BPE model learnt on both sides of the training text and written subword-nmt
+style ("a@@ b"), which fairseq's --remove-bpe undoes; fairseq-preprocess
+--joined-dictionary. Pairs with a side longer than --max-positions BPE tokens are reported
+(fairseq-train skips them). Every split's dropped and flagged pairs are printed and
+recorded in text/prepare.json ("screening").
 
 output (--out): fairseq's binarized data, and text/ holding the BPE model (spm.model), the
 BPE'd ({split}.{lang}), tokenized ({split}.tok.{lang}) and raw ({valid,test}.raw.{lang}) text
@@ -87,6 +92,15 @@ def add_arguments(parser):
         type=int,
         metavar="M",
         help="keep only the first M pairs of valid and of test (default: all)",
+    )
+    parser.add_argument(
+        "--max-positions",
+        type=int,
+        metavar="N",
+        help="the models' positions: a pair with a side of more than N BPE tokens (its "
+        "end-of-sentence token included) is reported too long, since fairseq-train skips it "
+        "(default: 1024, fairseq's default for transformer models, which the tiny and paper "
+        "architectures keep)",
     )
     parser.add_argument(
         "--workers",
@@ -166,6 +180,7 @@ def run(args):
         clean=args.clean,
         train_size=args.train_size,
         eval_size=args.eval_size,
+        max_positions=args.max_positions or prepare.MAX_POSITIONS,
         workers=args.workers,
         force=args.force,
     )
@@ -175,4 +190,6 @@ def run(args):
         + ", ".join(f"{split} {n} pairs" for split, n in pairs.items())
         + f", dictionary {metadata['binarized']['dictionary_size']} types"
     )
+    for line in prepare.screening_lines(metadata["screening"]):
+        print(f"  {line}")
     return 0

@@ -2,8 +2,10 @@
 
 The same steps run for every corpus (:mod:`evokd.data.corpora`, :mod:`evokd.data.iwslt14`):
 
-1. ``tokenize``: sacremoses (``tokenizer.perl`` without ``-a``), cleaning of training pairs
-   like ``clean-corpus-n.perl`` when asked, lowercasing;
+1. ``tokenize``: invisible characters removed after Unicode NFC
+   (:data:`evokd.data.textio.NORMALIZATION` says which and why), sacremoses
+   (``tokenizer.perl`` without ``-a``), training pairs with an empty side dropped, cleaning of
+   training pairs like ``clean-corpus-n.perl`` when asked, lowercasing;
 2. ``bpe-train``: a joint sentencepiece BPE model on the tokenized training text;
 3. ``bpe-apply``: every split encoded and written subword-nmt style (``a@@ b@@ c``);
 4. ``binarize``: ``fairseq-preprocess --joined-dictionary``.
@@ -15,7 +17,13 @@ Layout of the output folder ``<out>`` (other modules rely on it; see :func:`text
     <out>/text/{split}.{lang}                BPE'd text that fairseq-preprocess read
     <out>/text/{split}.tok.{lang}            tokenized, lowercased (tokenized-BLEU references)
     <out>/text/{valid,test}.raw.{lang}       raw references (sacreBLEU, chrF), same lines
+    <out>/text/screening.json                pairs dropped or flagged by ``tokenize``, per split
     <out>/text/prepare.json                  what was done (:func:`read_metadata`)
+
+``prepare.json`` holds, per split, the pairs dropped or flagged and why (``screening``, the
+reasons in ``screening_reasons``): an empty side, cleaning, invisible characters removed,
+and pairs too long for the models' positions (``max_positions``, 1024 by default: fairseq's
+default for transformer models, kept by the tiny and paper architectures).
 
 A run writes ``<out>/.prepare-incomplete`` first and removes it last. Each step writes
 under temporary names and renames its outputs into place, so an interrupted run resumes
@@ -42,7 +50,7 @@ from .layout import (  # noqa: F401  (the public helpers live here too)
     text_path,
 )
 from .moses import CleanConfig
-from .textio import count_lines, write_lines
+from .textio import NORMALIZATION, count_lines, write_lines
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +121,11 @@ def _check_count(value, flag, minimum=1):
 
 
 CORPUS_OPTIONS = ("src", "tgt", "raw_dir", "archive", "cache_dir", "train", "valid", "test")
-PREPARE_OPTIONS = ("vocab_size", "clean", "train_size", "eval_size", "workers", "force")
+PREPARE_OPTIONS = (
+    "vocab_size", "clean", "train_size", "eval_size", "max_positions", "workers", "force",
+)  # fmt: skip
+# fairseq's default for transformer models, which the tiny and paper architectures keep
+MAX_POSITIONS = 1024
 
 
 def build_corpus(name, src="de", tgt="en", raw_dir=None, archive=None, cache_dir=None,
@@ -130,6 +142,35 @@ def build_corpus(name, src="de", tgt="en", raw_dir=None, archive=None, cache_dir
         raise EvokdError(f"corpus {name!r}: expected multi30k, iwslt14 or text")
     iwslt14.check_languages(src, tgt)  # before a download
     return iwslt14.Iwslt14(archive or iwslt14.download(cache_dir), src, tgt)
+
+
+def screening_lines(screening):
+    """One line per split that lost or flagged pairs, e.g. ``train: 2 dropped (empty
+    side), 1 too long (fairseq-train skips it)``."""
+    lines = []
+    for split, n in screening.items():
+        said = []
+        if n.get("empty_side"):
+            what = "dropped" if split == "train" else "kept but flagged"
+            said.append(f"{n['empty_side']} with an empty side ({what})")
+        if n.get("cleaned"):
+            said.append(f"{n['cleaned']} dropped by cleaning")
+        if n.get("too_long"):
+            skip = "fairseq-train skips them" if split == "train" else "kept but flagged"
+            said.append(f"{n['too_long']} too long for the models' positions ({skip})")
+        if n.get("invisible_characters"):
+            said.append(
+                f"{n['invisible_characters']} with invisible characters removed "
+                f"({n['characters_removed']} characters)"
+            )
+        if said:
+            lines.append(f"{split}: " + ", ".join(said))
+    return lines
+
+
+def _log_screening(screening):
+    for line in screening_lines(screening):
+        logger.warning("%s", line)
 
 
 def prepare(name, out, **options):
@@ -151,6 +192,7 @@ def prepare_corpus(
     clean=None,
     train_size=None,
     eval_size=None,
+    max_positions=MAX_POSITIONS,
     workers=1,
     force=False,
 ):
@@ -159,9 +201,11 @@ def prepare_corpus(
     ``vocab_size``: sentencepiece pieces (default: the corpus's); ``clean``: a
     :class:`CleanConfig`, True for the Moses defaults, False for none, None for the corpus's
     default; ``train_size``/``eval_size``: keep only the first N training / valid and test
-    pairs (after cleaning); ``workers``: processes for fairseq-preprocess and threads for
-    BPE encoding (the output does not depend on it); ``force``: rebuild a finished (or
-    unfinished) preparation. Returns the metadata written to ``text/prepare.json``.
+    pairs (after cleaning); ``max_positions``: the models' positions (tokens of a side, its
+    end-of-sentence token included), above which a pair is reported too long; ``workers``:
+    processes for fairseq-preprocess and threads for BPE encoding (the output does not
+    depend on it); ``force``: rebuild a finished (or unfinished) preparation.
+    Returns the metadata written to ``text/prepare.json``.
     """
     out = Path(out)
     vocab_size = vocab_size or corpus.default_vocab_size
@@ -170,6 +214,7 @@ def prepare_corpus(
     _check_count(vocab_size, "--vocab-size", minimum=8)
     _check_count(train_size, "--train-size")
     _check_count(eval_size, "--eval-size")
+    _check_count(max_positions, "--max-positions", minimum=2)
     _check_count(workers, "--workers")
     state = check_out(out, force)
     corpus.check()
@@ -180,10 +225,12 @@ def prepare_corpus(
         "sources": corpus.sources(),
         "vocab_size": vocab_size,
         "lowercase": True,
+        "normalization": NORMALIZATION,
         "clean": clean.to_dict() if clean else None,
         "valid_every": corpus.valid_every or None,
         "train_size": train_size,
         "eval_size": eval_size,
+        "max_positions": max_positions,
     }
     if state == "resume":
         _check_resume(out, settings)
@@ -200,9 +247,15 @@ def prepare_corpus(
     steps.binarize_step(out, corpus.src, corpus.tgt, workers)
 
     pairs = {s: count_lines(text_path(out, s, corpus.src, "tok")) for s in SPLITS}
+    screening = steps.read_screening(out)
+    for split, n in steps.too_long(out, corpus.src, corpus.tgt, max_positions).items():
+        screening[split]["too_long"] = n
+    _log_screening(screening)
     metadata = dict(settings)
     metadata.update(
         pairs=pairs,
+        screening=screening,
+        screening_reasons=steps.REASONS,
         tokenizer="sacremoses MosesTokenizer(lang).tokenize(escape=True), then str.lower()",
         bpe={
             "type": "sentencepiece bpe, joint, written subword-nmt style",

@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 from evokd.errors import EvokdError
@@ -21,6 +22,26 @@ _LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 def one_line(text):
     """``text`` with surrounding whitespace removed and inner line breaks made spaces."""
     return _LINE_BREAKS.sub(" ", text).strip()
+
+
+NORMALIZATION = (
+    "Unicode NFC (canonical composition: a letter typed as base + combining mark and its "
+    "precomposed form become one; unlike NFKC, compatibility characters such as ligatures, "
+    "superscripts and full-width forms keep their meaning and are not rewritten), then "
+    "every format character (Unicode category Cf: zero-width space, non-joiner and joiner "
+    "U+200B-U+200D, word joiner U+2060, byte-order mark U+FEFF, soft hyphen U+00AD, "
+    "direction marks and the like) removed"
+)
+
+
+def visible(text):
+    """``text`` in NFC with its format characters (category Cf) removed, and how many were
+    removed (see :data:`NORMALIZATION`)."""
+    if text.isascii():
+        return text, 0
+    text = unicodedata.normalize("NFC", text)
+    kept = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return kept, len(text) - len(kept)
 
 
 def _open(path):
