@@ -366,6 +366,42 @@ def test_bad_plans_are_rejected(tmp_path, capsys, change, message):
     _rejected(tmp_path, capsys, plan, message)
 
 
+@pytest.mark.parametrize("name", ["..", ".", "-x", "a/b", "../up", "/abs", "a b"])
+@pytest.mark.parametrize("where", ["stage", "plan", "run"])
+def test_names_that_are_paths_are_refused(tmp_path, capsys, name, where):
+    stages = _stages_with(lambda s: None)
+    if where == "stage":
+        stages[0]["name"], stages[1]["teacher"] = name, name
+    plan = micro_plan(tmp_path, stages=stages)
+    if where == "plan":
+        plan.write_text(json.dumps({**json.loads(plan.read_text()), "name": name}))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code = cli.main(
+            ["chain", "--plan", str(plan)] + ([f"--run={name}"] if where == "run" else [])
+        )
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "not starting with '-', and not '.' or '..'" in err, err
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "results").exists()
+
+
+def test_the_chain_writes_only_inside_its_folders(finished):
+    """Every file of the run is in its run's folders, or in the prepared data beside it."""
+    root, plan, _ = finished
+    inside = [root / "checkpoints" / "micro", root / "results" / "micro", root / "data-bin"]
+    written = [p for p in root.rglob("*") if p.is_file() and p != plan]
+    assert written
+    outside = [p for p in written if not any(p.resolve().is_relative_to(d) for d in inside)]
+    assert outside == []
+    stages = {p.relative_to(root / "checkpoints" / "micro").parts[0] for p in written
+              if p.is_relative_to(root / "checkpoints" / "micro")}  # fmt: skip
+    assert stages == set(json.loads(plan.read_text())["stages"][i]["name"] for i in range(4))
+
+
 def test_missing_data_is_rejected(tmp_path, capsys):
     plan = micro_plan(tmp_path, prepare=None, data="data-bin/absent")
     err = _rejected(tmp_path, capsys, plan, "data-bin/absent holds no binarized data")

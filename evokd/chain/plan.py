@@ -38,6 +38,19 @@ SEQKD_KEYS = {"teacher", "beam", "lenpen", "max-len-a", "max-len-b", "keep-refer
 PLAN_KEYS = {"name", "description", "data", "prepare", "train", "kd", "evaluate", "stages"}
 PLAN_KEYS |= {"seeds", "shared", "compare"}
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+NAME_RULE = (
+    "letters, digits, '_', '-' and '.' only, not starting with '-', and not '.' or '..' "
+    "(it names a folder)"
+)
+
+
+def check_name(what, name):
+    """``name`` (of a plan, a stage or a run) as a folder name that stays a name: never a
+    path, nor a path component such as ``..``, nor a flag. Raises an error giving the rule."""
+    name = str(name)
+    if not NAME.match(name) or name in (".", "..") or name.startswith("-"):
+        raise EvokdError(f"{what} {name!r}: a name may use {NAME_RULE}")
+    return name
 
 
 @dataclass
@@ -146,7 +159,7 @@ def load_plan(name_or_path):
         if not (isinstance(pair, list) and len(pair) == 2):
             raise EvokdError(f"{where}: compare: expected [stage, baseline] pairs, got {pair!r}")
     plan = Plan(
-        name=str(raw.get("name") or path.stem),
+        name=check_name(f"{where}: plan name", raw.get("name") or path.stem),
         description=str(raw.get("description") or ""),
         data=str(raw["data"]),
         prepare=raw.get("prepare"),
@@ -169,8 +182,7 @@ def _stage(where, index, raw):
         raise EvokdError(f"{where}: stage {index + 1} needs a mapping with a 'name'")
     name = str(raw["name"])
     here = f"{where}: stage {name}"
-    if not NAME.match(name):
-        raise EvokdError(f"{here}: names may use letters, digits, '_', '-' and '.' only")
+    check_name(f"{where}: stage", name)
     unknown = set(raw) - STAGE_KEYS
     if unknown:
         raise EvokdError(f"{here}: unknown keys {sorted(unknown)} (allowed: {sorted(STAGE_KEYS)})")

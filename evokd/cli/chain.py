@@ -116,8 +116,10 @@ def build_chain(args, plan, seed=None):
 
 
 def load(args):
-    from evokd.chain.plan import load_plan
+    from evokd.chain.plan import check_name, load_plan
 
+    if getattr(args, "run", None):
+        check_name("--run", args.run)
     plan = load_plan(args.plan)
     if args.data:
         plan.data, plan.prepare = args.data, None
