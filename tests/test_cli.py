@@ -29,3 +29,41 @@ def test_usage_imports_neither_torch_nor_fairseq():
     )
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip().splitlines()[-1] == "neither"
+
+
+def help_of(command):
+    import contextlib
+    import io
+
+    import pytest
+
+    from evokd import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        cli.build_parser().parse_args([command, "--help"])
+    return out.getvalue()
+
+
+def test_passthrough_is_in_the_usage_lines():
+    for command in ("chain", "mckd", "recipe", "bench"):
+        usage = help_of(command).split("\n\n")[0]
+        assert usage.endswith("[-- FAIRSEQ_TRAIN_FLAGS ...]"), (command, usage)
+
+
+def test_bench_help_shows_the_defaults():
+    text = " ".join(help_of("bench").split("options:", 1)[1].split())
+    for flag, default in [("--updates N", 20), ("--warmup N", 3), ("--max-tokens N", 4096),
+                          ("--topk K", 8)]:  # fmt: skip
+        assert f"{flag} " in text and f"(default: {default})" in text.split(flag, 1)[1][:80]
+    assert "(default: transformer_evokd_tiny_student)" in text
+
+
+def test_readme_and_chain_help_agree_on_the_demo_time():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if x.startswith("make demo")]
+    (minutes,) = re.findall(r"~(\d+) min", line)
+    (said,) = re.findall(r"the demo: ~(\d+) minutes", help_of("chain"))
+    assert said == minutes

@@ -137,6 +137,13 @@ def _fail(args, message, code):
     return code
 
 
+def add_passthrough_usage(parser, what="FAIRSEQ_TRAIN_FLAGS"):
+    """End the usage line of ``parser`` with ``[-- WHAT ...]``: the flags after ``--``, left
+    unparsed (see :func:`main`). Call it after the parser's last argument."""
+    usage = parser.format_usage().strip().removeprefix("usage: ")
+    parser.usage = usage.replace("%", "%%") + f" [-- {what} ...]"
+
+
 def add_device_arguments(parser):
     """--processes and --cpu, for the commands that run a model over a dataset."""
     parser.add_argument(

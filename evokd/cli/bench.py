@@ -11,20 +11,38 @@ example:
       --cache cache/senior_top8 --topk 8 --updates 20 --json bench.json
 """
 
+from evokd.cli import add_passthrough_usage
+
 
 def add_arguments(parser):
     parser.add_argument("--data", required=True, metavar="DIR", help="fairseq binarized data")
     parser.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint")
-    parser.add_argument("--cache", metavar="DIR", help="teacher cache of that teacher and data")
     parser.add_argument(
-        "--arch", default="transformer_evokd_tiny_student", help="student architecture"
+        "--cache", metavar="DIR", help="teacher cache of that teacher and data (default: none)"
     )
-    parser.add_argument("--updates", type=int, default=20, help="timed updates (default: 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed first updates (default: 3)")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="batch size in tokens")
-    parser.add_argument("--topk", type=int, default=8, help="K of the top-K configurations")
+    parser.add_argument(
+        "--arch",
+        default="transformer_evokd_tiny_student",
+        help="student architecture (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--updates", type=int, default=20, metavar="N", help="timed updates (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, metavar="N",
+        help="untimed first updates (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-tokens", type=int, default=4096, metavar="N",
+        help="batch size in tokens (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--topk", type=int, default=8, metavar="K",
+        help="K of the top-K configurations (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    add_passthrough_usage(parser)
 
 
 def run(args):

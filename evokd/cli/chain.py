@@ -11,7 +11,7 @@ is rejected before any training.
 Output: checkpoints/RUN/STAGE/ (one folder per stage) and results/RUN/results.{json,md,png}.
 
 examples:
-  evokd chain --plan tiny                  # the demo: ~15 minutes on 2 CPU cores
+  evokd chain --plan tiny                  # the demo: ~14 minutes on 2 CPU cores
   evokd chain --plan paper --gpus 4        # torchrun, NCCL; the paper's effective batch
   evokd chain --plan my_plan.yaml --stage junior_teacher --stage senior_teacher
   evokd chain --plan tiny -- --fp16        # after --: fairseq-train flags for every stage
@@ -19,6 +19,8 @@ examples:
 
 import sys
 from pathlib import Path
+
+from evokd.cli import add_passthrough_usage
 
 
 def add_arguments(parser):
@@ -81,8 +83,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the plan and print the commands; train nothing",
+        help="run every check of a real run before training (plan, data, teacher files, "
+        "dictionaries, caches) and print every step in order with its command; train nothing",
     )
+    add_passthrough_usage(parser)
 
 
 def _progress(line):

@@ -29,7 +29,7 @@ examples:
       --stages 2 --gpus 4 -- --fp16            # after --: fairseq-train flags of every student
 """
 
-from evokd.cli import add_decoding_arguments
+from evokd.cli import add_decoding_arguments, add_passthrough_usage
 
 
 def add_arguments(parser):
@@ -79,6 +79,7 @@ def add_arguments(parser):
     add_decoding_arguments(
         parser, "decoding of the labels, and (--beam) of the final student's test translation"
     )
+    add_passthrough_usage(parser)
 
 
 def default_epochs(plan):

@@ -18,6 +18,8 @@ Rerunning resumes an interrupted stage and skips a finished one.
 
 import os
 
+from evokd.cli import add_passthrough_usage
+
 STAGES = (
     "student_model",
     "junior_teacher",
@@ -70,6 +72,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--dry-run", action="store_true", help="check and print the command; train nothing"
     )
+    add_passthrough_usage(parser)
 
 
 def _positional(args):
