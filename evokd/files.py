@@ -123,3 +123,30 @@ def claim(out, record, settings, kind, hint):
         )
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, settings)
+
+
+PAYLOAD = "payload_sha256"
+REBUILD = "remove it and rebuild it"
+
+
+def payload_digests(folder, skip=()):
+    """sha256 of every file under ``folder`` but ``skip`` (names relative to it, in ``/``
+    form): what a step records about its output when it builds it."""
+    folder = Path(folder)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return {name: file_digest(folder / name) for name in names if name not in set(skip)}
+
+
+def verify_payload(where, folder, recorded, hint=REBUILD):
+    """Check the files under ``folder`` against ``recorded`` (:func:`payload_digests` made
+    when they were built): a file missing or changed is an error naming it and ``hint``."""
+    folder = Path(folder)
+    for name, digest in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            raise EvokdError(f"{where}: {path} is missing; the output is damaged: {hint}")
+        if file_digest(path) != digest:
+            raise EvokdError(
+                f"{where}: {path} is damaged (its sha256 differs from the one recorded when it "
+                f"was built); {hint}"
+            )

@@ -36,6 +36,7 @@ COMMANDS = {
         "evokd.cli.distill_data",
         "translate a subset with a teacher: sequence-level KD data for fairseq-train",
     ),
+    "verify": ("evokd.cli.verify", "check a teacher cache or distilled data against its checksums"),
     "mckd": ("evokd.cli.mckd", "collaborative multi-stage relabelling (MCKD) with two students"),
     "patch": (
         "evokd.cli.patch",

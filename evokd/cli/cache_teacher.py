@@ -9,8 +9,10 @@ checkpoint, the data and K that training checks.
 
 The cache is built in DIR.partial in chunks planned from the data alone; a killed run
 resumes from its finished chunks when started again, and DIR appears only when complete.
-Rerun on a finished cache with the same settings, it says so and exits 0; with other
-settings it refuses and names the difference. Uses the GPU when there is one
+DIR/cache.json records the sha256 of every file; training and a rerun verify them
+(`evokd verify DIR` does by hand). Rerun on a finished, intact cache with the same settings,
+it says so and exits 0; on a damaged one it names the damaged file; with other settings it
+refuses and names the difference. Uses the GPU when there is one
 (--processes N: one process per GPU, or N CPU processes).
 
 example:
@@ -62,7 +64,10 @@ def run(args):
         cpu=args.cpu,
     )
     if meta.get("done"):
-        print(f"{args.out}: finished earlier with the same teacher, data and K; nothing to do")
+        print(
+            f"{args.out}: finished earlier with the same teacher, data and K, and intact; "
+            "nothing to do"
+        )
     mib = meta["bytes"] / 2**20
     print(
         f"{args.out}: {meta['examples']} pairs, {meta['target_tokens']} target tokens, top "

@@ -5,7 +5,10 @@ batches and hypotheses as fairseq-generate --required-batch-size-multiple 1, no
 --remove-bpe), and OUT becomes a copy of DATA whose --subset targets are the teacher's best
 hypotheses. Train a student on OUT with stock fairseq-train; validation and test stay the
 real ones (copied unchanged), and so does DATA/text (from `evokd prepare`), which
-evaluation reads its references from.
+evaluation reads its references from. --subset other than train (valid, test) replaces that
+subset's references with the teacher's output, so that validation or test would measure
+agreement with the teacher: refused unless --force is given. OUT is a new folder: never DATA
+nor inside it.
 
 output:
   OUT/...                            DATA's dictionaries, other subsets and text/, copied
@@ -13,12 +16,14 @@ output:
                                      (--keep-references: the N real pairs, then the N
                                      distilled ones; fairseq-train trains on 2N pairs)
   OUT/text/SUBSET.distilled.TGT      the hypotheses as (BPE'd) text, in dataset order
-  OUT/distill.json                   teacher (path, sha256), data, decoding, counts, lengths
+  OUT/distill.json                   teacher (path, sha256), data, decoding, counts, lengths,
+                                     the sha256 of every other file in OUT
 
 The translations are built in OUT.partial in chunks of --chunk-size sentences, planned from
 the data alone; a killed run resumes from its finished chunks when started again with the
 same settings, and OUT appears only when complete. A rerun on a finished OUT with the same
-teacher, data and settings does nothing; with others it is refused. Uses the GPU when there
+teacher, data and settings verifies its files against their recorded sha256 and does nothing
+more (a damaged file is named); with other settings it is refused. Uses the GPU when there
 is one (--processes N: one process per GPU, or N CPU processes; the same output as one).
 
 Any teacher: --teacher is a fairseq checkpoint (.pt, on DATA's dictionaries: the above), a
@@ -42,6 +47,8 @@ examples:
       --data data-bin/multi30k --out data-bin/m30k.qwen --concurrency 8
 """
 
+import sys
+
 from evokd.cli import add_decoding_arguments, add_device_arguments
 
 EXTERNAL = ("teacher_model", "teacher_tokenizer", "prompt", "source_text")
@@ -54,7 +61,15 @@ def add_arguments(parser):
         "OpenAI-compatible server URL (http(s)://HOST:PORT/v1)",
     )  # fmt: skip
     parser.add_argument("--data", required=True, metavar="DIR", help="fairseq binarized data")
-    parser.add_argument("--subset", default="train", help="subset to distill (default: train)")
+    parser.add_argument(
+        "--subset", default="train",
+        help="subset to distill (default: train); another one (valid, test) needs --force",
+    )  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true",
+        help="distill a --subset other than train although its references are then the "
+        "teacher's output",
+    )  # fmt: skip
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="the new binarized data folder (must not exist)"
     )
@@ -113,9 +128,26 @@ def add_text_teacher_arguments(parser):
     )  # fmt: skip
 
 
+def check_subset(args):
+    """Refuse a --subset other than train without --force; with it, say what is replaced."""
+    if args.subset == "train":
+        return
+    what = (
+        f"the references of {args.subset!r} in {args.out} would be the teacher's translations "
+        f"instead of the real ones of {args.data}, so that validating or testing on it "
+        "measures agreement with the teacher"
+    )
+    if not args.force:
+        from evokd.errors import EvokdError
+
+        raise EvokdError(f"--subset {args.subset}: {what}; give --force to do it anyway")
+    print(f"--subset {args.subset} --force: {what}", file=sys.stderr)
+
+
 def run(args):
     from evokd.teachers.text import teacher_kind
 
+    check_subset(args)
     if teacher_kind(args.teacher) != "fairseq":
         return run_text(args)
     given = [f"--{k.replace('_', '-')}" for k in EXTERNAL if getattr(args, k)]

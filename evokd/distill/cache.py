@@ -22,7 +22,7 @@ from evokd import files
 from evokd.core.build import ChunkedBuild, length_order, plan_chunks
 from evokd.data.folder import data_digest
 from evokd.errors import EvokdError
-from evokd.teachers.cache import FORMAT, META, PARTS, bytes_per_token, dtypes
+from evokd.teachers.cache import FORMAT, META, PARTS, bytes_per_token, dtypes, verify
 from evokd.teachers.live import TeacherOutput
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ def write_chunk(folder, payload):
 
 def write_cache(dest, folders, meta):
     """The cache ``dest``: the chunks' items concatenated in plan order, ``order.npy`` and
-    ``cache.json`` (``meta`` with the size in bytes). Returns the metadata."""
+    ``cache.json`` (``meta`` with the size in bytes and the sha256 of every other file).
+    Returns the metadata."""
     from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
 
     dest.mkdir(parents=True)
@@ -121,7 +122,7 @@ def write_cache(dest, folders, meta):
     order[ids] = np.arange(len(ids))
     np.save(dest / "order.npy", order)
     size = sum((dest / f"{p}.{e}").stat().st_size for p in PARTS for e in ("bin", "idx"))
-    meta = dict(meta, bytes=size)
+    meta = dict(meta, bytes=size, **{files.PAYLOAD: files.payload_digests(dest)})
     files.write_json(dest / META, meta)
     return meta
 
@@ -136,7 +137,8 @@ def open_worker(rank, teacher_path, data, subset, k, cpu):
 
 
 def _finished(build, fp):
-    """The metadata of a finished cache built with ``fp``; another one is an error."""
+    """The metadata of a finished cache built with ``fp``, verified (:func:`verify`); another
+    one is an error, and so is a damaged one."""
     out = build.out
     if not (out / META).is_file():
         raise EvokdError(f"--out {out}: exists and is not a teacher cache; give a new folder")
@@ -148,7 +150,7 @@ def _finished(build, fp):
         "remove it to rebuild, or give another --out",
     )
     build.clean()  # a kill right after the rename can leave DIR.partial
-    return dict(meta, done=True)
+    return dict(verify(out, f"--out {out}"), done=True)
 
 
 def build_cache(

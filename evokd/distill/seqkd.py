@@ -12,7 +12,8 @@ is an error) and writes a new binarized folder that stock ``fairseq-train`` read
     OUT/text/...                            DATA/text (from `evokd prepare`), if there is one
     OUT/text/{subset}.distilled.{tgt}       the hypotheses as BPE'd text, in dataset order
     OUT/distill.json                        teacher, data, decoding settings (the fingerprint
-                                            a rerun is checked on), counts, lengths
+                                            a rerun is checked on), counts, lengths, and the
+                                            sha256 of every other file (``payload_sha256``)
 
 With ``keep_references`` the subset holds its n real pairs followed by n distilled ones
 (pair n + i is the teacher's translation of pair i): interpolation by data. They form one
@@ -25,7 +26,10 @@ depend on its longest source): its order, whose ties ``ordered_indices()`` shuff
 numpy's RNG under the fixed seed :data:`evokd.core.inference.ORDER_SEED` (the same in every
 process and every run, whatever the global RNG), cut at ``max_tokens``, the batches grouped
 into chunks. The dataset is written in id order. A rerun on a finished ``OUT`` made with the
-same settings does nothing; with other settings it is an error naming them.
+same settings verifies it and does nothing; with other settings it is an error naming them.
+:func:`open_distilled`, which every evokd reader of a distilled folder goes through (the
+rerun, the chain, ``evokd mckd``, ``evokd verify``), checks every file against its recorded
+sha256 and counts the pairs.
 """
 
 import functools
@@ -50,6 +54,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "evokd-distill-data/1"
 META = "distill.json"
 FILES = ("teacher", "data")  # recorded by path, checked by content (``*_sha256``)
+REBUILD = "remove it and rebuild it with evokd distill-data"
 
 __all__ = ["distill_data", "open_distilled"]
 
@@ -104,8 +109,9 @@ def _recorded(record):
 
 
 def open_distilled(folder, flag="--data"):
-    """The record (``distill.json``) of a finished distilled dataset, after counting its
-    pairs: a folder whose subset holds more or fewer sentences than recorded is refused."""
+    """The record (``distill.json``) of a finished distilled dataset, after checking every
+    file against the sha256 recorded when it was built and counting its pairs: a damaged
+    file, or a subset holding more or fewer sentences than recorded, is refused."""
     from evokd.data.folder import load_side
 
     folder = Path(folder)
@@ -114,14 +120,18 @@ def open_distilled(folder, flag="--data"):
         hint = f" ({partial} is unfinished: rerun evokd distill-data)" if partial.exists() else ""
         raise EvokdError(f"{flag} {folder}: not a finished distilled dataset (no {META}){hint}")
     info = files.read_json(folder / META)
+    lines = folder / "text" / f"{info['subset']}.distilled.{info['target_lang']}"
+    if lines.is_file():  # a text file cut short is named as such, before its digest
+        with open(lines, encoding="utf-8") as f:
+            check_count(f"{flag} {lines}", sum(1 for _ in f), info["examples"], "lines")
+    if files.PAYLOAD in info:
+        files.verify_payload(f"{flag} {folder}", folder, info[files.PAYLOAD], REBUILD)
+    else:
+        logger.warning("%s %s: built without checksums, its files are not verified", flag, folder)
     for lang in (info["source_lang"], info["target_lang"]):
         side = load_side(folder, info["subset"], info["pair"], lang)
         where = f"{flag} {folder}: {info['subset']}.{info['pair']}.{lang}"
         check_count(where, len(side), info["training_pairs"], "sentences")
-    lines = folder / "text" / f"{info['subset']}.distilled.{info['target_lang']}"
-    if lines.is_file():
-        with open(lines, encoding="utf-8") as f:
-            check_count(f"{flag} {lines}", sum(1 for _ in f), info["examples"], "lines")
     return info
 
 
@@ -171,15 +181,27 @@ def write_distilled(dest, data, hypos, info):
     lines = [tgt_dict.string(torch.from_numpy(tokens)) + "\n" for tokens in hypos]
     with open(dest / "text" / f"{subset}.distilled.{tgt}", "w", encoding="utf-8") as f:
         f.writelines(lines)
+    info[files.PAYLOAD] = files.payload_digests(dest, skip=(META,))
     files.write_json(dest / META, info)
 
 
-def _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens):
+def check_out(data, out):
+    """Refuse an output folder that is the input ``data`` or inside it."""
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if out == data or data in out.parents:
+        raise EvokdError(
+            f"--out {out}: {'is' if out == data else 'is inside'} the input --data {data}; the "
+            "distilled data is a new folder beside its input: give another --out"
+        )
+
+
+def _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out):
     from evokd.core.checkpoint import check_exists
 
     check_exists(teacher_path, "--teacher")
     if not Path(data).is_dir():
         raise EvokdError(f"--data {data}: no such folder (expected fairseq binarized data)")
+    check_out(data, out)
     for flag, value in (("beam", beam), ("max-tokens", max_tokens), ("processes", processes)):
         if value < 1:
             raise EvokdError(f"--{flag} {value}: expected a positive integer")
@@ -249,7 +271,7 @@ def distill_data(
     start = time.perf_counter()
     data, out = str(data), Path(out)
     lens = (max_len_a, max_len_b)
-    _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens)
+    _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out)
     decoding = {"beam": beam, "lenpen": lenpen, "max_len_a": max_len_a, "max_len_b": max_len_b}
     # Checks the teacher, the data, the dictionaries and the sizes before any long work.
     translator = Translator(teacher_path, data, subset, decoding, choose_device(cpu))

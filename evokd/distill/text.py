@@ -42,7 +42,7 @@ from evokd.data.folder import data_digest, language_pair, load_side, write_subse
 from evokd.errors import EvokdError
 from evokd.teachers.text import PROBLEMS, Translation, open_teacher
 
-from .seqkd import META
+from .seqkd import META, check_out
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ def write_output(dest, data, info, translations):
     (text / f"{subset}.distilled.ids").write_text("".join(f"{i}\n" for i in ids), "utf-8")
     raw = "".join(f"{'' if t.problem else t.text}\n" for t in translations)
     (text / f"{subset}.teacher.{tgt}").write_text(raw, "utf-8")
+    info[files.PAYLOAD] = files.payload_digests(dest, skip=(META,))
     lengths = np.array([len(x) - 1 for x in items]) if items else np.zeros(1)
     info.update(
         examples=len(ids),
@@ -266,6 +267,7 @@ def distill_text(teacher_path, data, out, settings, subset="train", on_bad_outpu
         raise EvokdError(f"--on-bad-output {on_bad_output}: expected {' or '.join(POLICIES)}")
     if not Path(data).is_dir():
         raise EvokdError(f"--data {data}: no such folder (expected a folder made by evokd prepare)")
+    check_out(data, out)
     src, tgt = settings.src_lang, settings.tgt_lang
     pair = language_pair(data, subset, src, tgt, flag="--data", shards=False)
     sources = raw_sources(data, subset, src, tgt, source_text)

@@ -6,7 +6,8 @@ cache-teacher`` (:mod:`evokd.distill.cache`) runs it once over a subset and stor
 target token, the ids and log-probabilities (fp16) of its K most likely tokens and the
 log-probability of the reference token, in fairseq's memory-mapped indexed-dataset format::
 
-    DIR/cache.json                  K, sizes and the fingerprint (teacher, data, K)
+    DIR/cache.json                  K, sizes, the fingerprint (teacher, data, K) and the
+                                    sha256 of every other file (``payload_sha256``)
     DIR/topk_index.{bin,idx}        item j: T_j x K token ids
     DIR/topk_lprobs.{bin,idx}       item j: T_j x K log-probabilities (fp16 bit patterns)
     DIR/target_lprobs.{bin,idx}     item j: T_j log-probabilities of the reference tokens
@@ -14,11 +15,12 @@ log-probability of the reference token, in fairseq's memory-mapped indexed-datas
 
 Bytes per target token: 4K + 2 with a vocabulary under 65,536 (2-byte ids), else 6K + 2.
 :class:`TeacherCache` gives the task one batch's cached output as a :class:`TeacherOutput`;
-opening a cache counts its entries: a cache whose index misses an example, or holds one
-twice, is refused.
+opening a cache verifies it (:func:`verify`): every file against the sha256 recorded when
+it was built (about 1 s per GB, read once at start), every token id inside the vocabulary,
+and the index: an example missing or held twice is refused.
 """
 
-import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +29,16 @@ import torch
 from evokd.core.build import check_complete
 from evokd.data.folder import data_digest
 from evokd.errors import EvokdError
-from evokd.files import file_digest
+from evokd.files import PAYLOAD, file_digest, read_json, verify_payload
 from evokd.teachers.live import TeacherOutput
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "evokd-teacher-cache/1"
 META = "cache.json"
 PARTS = ("topk_index", "topk_lprobs", "target_lprobs")
 DTYPES = {"topk_lprobs": np.int16, "target_lprobs": np.int16}  # fp16 bit patterns
+REBUILD = "remove it and rebuild it with evokd cache-teacher"
 
 
 def id_dtype(vocab_size):
@@ -49,33 +54,62 @@ def bytes_per_token(k, vocab_size):
     return k * (np.dtype(id_dtype(vocab_size)).itemsize + 2) + 2
 
 
+def verify(path, where=None):
+    """The metadata of the finished cache ``path``, after checking every file against the
+    digests recorded when it was built and every token id against the vocabulary (also in a
+    cache recorded without digests). A damaged cache is an error naming the file."""
+    path = Path(path)
+    where = where or f"--teacher-cache {path}"
+    if not (path / META).is_file():
+        partial = Path(f"{path}.partial")
+        hint = (
+            f" ({partial} is an unfinished build: rerun evokd cache-teacher)"
+            if partial.exists()
+            else ""
+        )
+        raise EvokdError(f"{where}: not a finished teacher cache (no {META}){hint}")
+    meta = read_json(path / META)
+    if meta.get("format") != FORMAT:
+        raise EvokdError(f"{where}: unknown format {meta.get('format')!r}")
+    if PAYLOAD in meta:
+        verify_payload(where, path, meta[PAYLOAD], REBUILD)
+    else:
+        logger.warning("%s: built without checksums, its contents are not verified; %s to "
+                       "have them", where, REBUILD)  # fmt: skip
+    check_ids(where, path, int(meta["vocab_size"]))
+    return meta
+
+
+def check_ids(where, path, vocab_size):
+    """Every cached token id in 0..vocab_size-1 (one pass over ``topk_index.bin``)."""
+    bin_path = Path(path) / "topk_index.bin"
+    if not bin_path.is_file():
+        raise EvokdError(f"{where}: {bin_path} is missing; {REBUILD}")
+    if bin_path.stat().st_size == 0:
+        return
+    ids = np.memmap(bin_path, dtype=id_dtype(vocab_size), mode="r")
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise EvokdError(
+            f"{where}: {bin_path} holds token ids from {low} to {high}, outside the target "
+            f"vocabulary (0..{vocab_size - 1}): the cache is damaged; {REBUILD}"
+        )
+
+
 class TeacherCache:
-    """Read access to a finished cache; the output of one batch as a TeacherOutput."""
+    """Read access to a finished cache, verified when opened (:func:`verify`); the output of
+    one batch as a TeacherOutput."""
 
     def __init__(self, path, pad=1):
         from fairseq.data.indexed_dataset import MMapIndexedDataset
 
         self.path = Path(path)
         self.pad = pad
-        meta_path = self.path / META
-        if not meta_path.is_file():
-            partial = Path(f"{self.path}.partial")
-            hint = (
-                f" ({partial} is an unfinished build: rerun evokd cache-teacher)"
-                if partial.exists()
-                else ""
-            )
-            raise EvokdError(
-                f"--teacher-cache {path}: not a finished teacher cache (no {META}){hint}"
-            )
-        with open(meta_path, encoding="utf-8") as f:
-            self.meta = json.load(f)
-        if self.meta.get("format") != FORMAT:
-            raise EvokdError(f"--teacher-cache {path}: unknown format {self.meta.get('format')!r}")
+        where = f"--teacher-cache {path}"
+        self.meta = verify(self.path, where)
         self.k = int(self.meta["fingerprint"]["topk"])
         self.parts = {name: MMapIndexedDataset(str(self.path / name)) for name in PARTS}
         self.order = np.load(self.path / "order.npy")
-        where = f"--teacher-cache {path}"
         n = int(self.meta.get("examples", len(self.order)))
         check_complete(where, self.order, n)  # example -> item: a permutation of 0..n-1
         for name, part in self.parts.items():
