@@ -67,3 +67,23 @@ def test_readme_and_chain_help_agree_on_the_demo_time():
     (minutes,) = re.findall(r"~(\d+) min", line)
     (said,) = re.findall(r"the demo: ~(\d+) minutes", help_of("chain"))
     assert said == minutes
+
+
+def test_evaluate_a_stage_folder(evokd_main, data_bin, teacher_ckpt, tmp_path):
+    import shutil
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    shutil.copy(teacher_ckpt, stage / "checkpoint_best.pt")
+    code, out, err = evokd_main("evaluate", stage, "--data", data_bin, "--beam", 1)
+    assert code == 0, err
+    assert out.startswith(f"{stage / 'checkpoint_best.pt'} (")
+    assert (stage / "checkpoint_best.test.generate.log").is_file()
+    (stage / "checkpoint_best.pt").rename(stage / "checkpoint_last.pt")
+    code, out, err = evokd_main("evaluate", stage, "--data", data_bin)
+    assert code == 2
+    assert f"a folder without checkpoint_best.pt: give one of its checkpoints, e.g. {stage}/" \
+        "checkpoint_last.pt" in err  # fmt: skip
+    (stage / "checkpoint_last.pt").unlink()
+    code, out, err = evokd_main("evaluate", stage, "--data", data_bin)
+    assert code == 2 and f"CHECKPOINT {stage}: a folder holding no checkpoint (*.pt)" in err

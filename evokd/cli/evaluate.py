@@ -32,8 +32,9 @@ def add_arguments(parser):
     parser.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",
-        help="fairseq checkpoint (.pt) to evaluate; with --average-last, a checkpoint or the "
-        "folder of the checkpoints to average",
+        help="fairseq checkpoint (.pt) to evaluate, or a stage's folder (its "
+        "checkpoint_best.pt); with --average-last, a checkpoint or the folder of the "
+        "checkpoints to average",
     )
     parser.add_argument(
         "--data",

@@ -12,8 +12,8 @@ import logging
 import re
 from pathlib import Path
 
-from evokd.core.generate import generate, score_output
 from evokd.core.decoding import Decoding
+from evokd.core.generate import generate, score_output
 from evokd.core.metrics import detokenize, score
 from evokd.data.layout import existing_text
 from evokd.deploy import engines

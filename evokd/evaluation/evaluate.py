@@ -30,8 +30,8 @@ from evokd.core.checkpoint import (
     languages,
     load_checkpoint,
 )
-from evokd.core.generate import generate, score_output
 from evokd.core.decoding import DECODING, Decoding
+from evokd.core.generate import generate, score_output
 from evokd.data.folder import subset_size, write_dataset
 from evokd.data.layout import existing_text
 from evokd.errors import EvokdError, check_number
@@ -144,6 +144,24 @@ def _output_stem(out, out_dir, checkpoint, label):
     return stem
 
 
+def folder_checkpoint(folder):
+    """A folder given as CHECKPOINT (a stage's): its ``checkpoint_best.pt``, or an error that
+    says which file to give."""
+    best = Path(folder) / "checkpoint_best.pt"
+    if best.is_file():
+        logger.info("CHECKPOINT %s: a folder; evaluating its %s", folder, best.name)
+        return best
+    found = sorted(Path(folder).glob("*.pt"), key=lambda p: p.name)
+    if not found:
+        raise EvokdError(f"CHECKPOINT {folder}: a folder holding no checkpoint (*.pt)")
+    last = Path(folder) / "checkpoint_last.pt"
+    raise EvokdError(
+        f"CHECKPOINT {folder}: a folder without checkpoint_best.pt: give one of its "
+        f"checkpoints, e.g. {last if last.is_file() else found[-1]} "
+        f"(there: {', '.join(p.name for p in found)})"
+    )
+
+
 class _Inputs:
     """The checkpoint (or the newest epoch checkpoints to average), its languages and the
     text to translate and score against, all checked before anything is translated."""
@@ -223,6 +241,8 @@ def evaluate_checkpoint(
     averaged (the averaged checkpoints or None), notes.
     """
     decoding = Decoding(beam, lenpen, max_tokens, batch_size, max_len_a, max_len_b, cpu)
+    if not average_last and Path(checkpoint).is_dir():
+        checkpoint = folder_checkpoint(checkpoint)
     _check_arguments(checkpoint, data, subset, decoding, average_last, src_file, ref_file)
     subset, data = (None if src_file else subset or "test"), Path(data)
     # Everything that can be wrong with the input is found before translating.

@@ -48,8 +48,8 @@ from evokd.chain.results import evaluate_stage
 from evokd.chain.stage import StageTrainer
 from evokd.core.build import check_complete, check_count
 from evokd.core.checkpoint import check_exists, languages, load_checkpoint
-from evokd.core.devices import Devices
 from evokd.core.decoding import DECODING
+from evokd.core.devices import Devices
 from evokd.data.folder import data_digest, language_pair, load_side, subset_size, write_folder
 from evokd.distill.seqkd import META as DISTILLED
 from evokd.distill.seqkd import distill_data, open_distilled
