@@ -32,11 +32,13 @@ from evokd.errors import EvokdError
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "plans"
 STAGE_KEYS = {"name", "arch", "teacher", "init_from", "max_epoch", "max_update", "kd", "flags"}
-STAGE_KEYS |= {"description", "data", "seqkd", "init_from_state"}
+STAGE_KEYS |= {"description", "data", "seqkd", "init_from_state", "slurm"}
 INIT_STATES = ("weights", "training")
 SEQKD_KEYS = {"teacher", "beam", "lenpen", "max-len-a", "max-len-b", "keep-references"}
 PLAN_KEYS = {"name", "description", "data", "prepare", "train", "kd", "evaluate", "stages"}
-PLAN_KEYS |= {"seeds", "shared", "compare"}
+PLAN_KEYS |= {"seeds", "shared", "compare", "slurm", "jobs"}
+# a job's resources under Slurm (``slurm:`` in a plan, or over it in a stage)
+SLURM_KEYS = {"partition", "time", "gpus", "cpus", "mem", "nodes", "options"}
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 NAME_RULE = (
     "letters, digits, '_', '-' and '.' only, not starting with '-', and not '.' or '..' "
@@ -69,6 +71,7 @@ class Stage:
     # with init_from: "weights" (the paper: fresh optimizer, the warm-up again) or
     # "training" (the weights with the optimizer and the LR schedule's position)
     init_from_state: str = "weights"
+    slurm: dict = field(default_factory=dict)  # Slurm resources over the plan's
 
     def references(self):
         """(what, stage-or-checkpoint) of every model this stage needs."""
@@ -95,6 +98,8 @@ class Plan:
     seeds: list = field(default_factory=list)  # one run per seed (evokd chain --seeds)
     shared: list = field(default_factory=list)  # stages trained once for all seeds
     compare: list = field(default_factory=list)  # [stage, baseline] pairs for significance
+    slurm: dict = field(default_factory=dict)  # every job's Slurm resources
+    jobs: int = 1  # steps at once on one machine (evokd chain --jobs)
 
     def stage(self, name):
         for stage in self.stages:
@@ -158,8 +163,13 @@ def load_plan(name_or_path):
     for pair in raw.get("compare") or []:
         if not (isinstance(pair, list) and len(pair) == 2):
             raise EvokdError(f"{where}: compare: expected [stage, baseline] pairs, got {pair!r}")
+    jobs = raw.get("jobs", 1)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise EvokdError(f"{where}: jobs {jobs!r} must be a whole number >= 1")
     plan = Plan(
         name=check_name(f"{where}: plan name", raw.get("name") or path.stem),
+        slurm=slurm_spec(where, raw.get("slurm")),
+        jobs=jobs,
         description=str(raw.get("description") or ""),
         data=str(raw["data"]),
         prepare=raw.get("prepare"),
@@ -226,7 +236,44 @@ def _stage(where, index, raw):
         description=str(raw.get("description") or ""),
         data=_optional_str(raw.get("data")),
         seqkd=dict(seqkd) if seqkd else None,
+        slurm=slurm_spec(here, raw.get("slurm")),
     )
+
+
+def slurm_spec(where, raw):
+    """A ``slurm:`` mapping, checked: ``partition``, ``time`` (minutes, or Slurm's
+    ``[D-]HH:MM:SS``), ``gpus`` and ``nodes`` per job, ``cpus`` per task, ``mem`` (``16G``),
+    ``options`` (more sbatch options, such as ``--account=X``)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise EvokdError(f"{where}: 'slurm' must be a mapping of {sorted(SLURM_KEYS)}")
+    unknown = set(raw) - SLURM_KEYS
+    if unknown:
+        raise EvokdError(
+            f"{where}: slurm: unknown keys {sorted(unknown)} (allowed: {sorted(SLURM_KEYS)})"
+        )
+    for key in ("gpus", "cpus", "nodes"):
+        value = raw.get(key)
+        least = 0 if key == "gpus" else 1
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise EvokdError(f"{where}: slurm: {key} {value!r} must be a whole number >= {least}")
+    time_limit = raw.get("time")
+    if time_limit is not None and not re.match(r"^(\d+-)?\d+(:\d+){0,2}$", str(time_limit)):
+        raise EvokdError(f"{where}: slurm: time {time_limit!r}: expected minutes or [D-]HH:MM:SS")
+    options = raw.get("options", [])
+    if not isinstance(options, list) or not all(
+        isinstance(o, str) and o.startswith("--") for o in options
+    ):
+        raise EvokdError(f"{where}: slurm: options must be a list of '--name=value' strings")
+    return dict(raw)
+
+
+def slurm_resources(plan, stage):
+    """A stage's Slurm resources: the plan's, then the stage's (their options added)."""
+    merged = {**plan.slurm, **stage.slurm}
+    merged["options"] = list(plan.slurm.get("options", [])) + list(stage.slurm.get("options", []))
+    return merged
 
 
 def _optional_str(value):

@@ -21,11 +21,12 @@ import warnings
 from pathlib import Path
 
 from evokd import files as steps
-from evokd.chain import results
+from evokd.chain import results, schedule
 from evokd.chain.layout import Layout
 from evokd.chain.plan import cache_spec, ordered, validate
 from evokd.chain.progress import Progress, clock
 from evokd.chain.stage import StageTrainer
+from evokd.core.devices import torch_threads
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
@@ -102,17 +103,9 @@ class Chain:
 
     # --- teacher steps -------------------------------------------------------------------
 
-    def teacher_steps(self, stage):
-        """Build what ``stage`` reads from its teachers before it trains: its sequence-level
-        KD data, its teacher cache. Each is built once and shared."""
-        if stage.seqkd:
-            self.distill(stage)
-        if cache_spec(self.plan, stage):
-            self.build_cache(stage)
-
-    def build_cache(self, stage):
+    def build_cache(self, stage, tag=""):
         """The teacher cache of the stage's (teacher, data) pair, built once (resumable);
-        returns its step record."""
+        returns its step record. ``tag``: after the name in the progress lines."""
         out = self.layout.cache_dir(stage)
         path = self.layout.step_record_path("cache", out.name)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +119,7 @@ class Chain:
                 self.layout.best_checkpoint(stage.teacher),
                 self.layout.stage_data(stage),
             )
-            self.progress(f"  teacher cache {out.name}: {teacher} over {data}")
+            self.progress(f"  teacher cache {out.name}{tag}: {teacher} over {data}")
             start = time.time()
             with warnings.catch_warnings(action="ignore"):  # out of the progress lines
                 k, workers = cache_spec(self.plan, stage)["topk"], self.devices.workers
@@ -137,12 +130,12 @@ class Chain:
             record.update(seconds=time.time() - start, bytes=meta.get("bytes"))
             steps.write_json(path, record)
         self.progress(
-            f"  teacher cache {out.name}: done in {clock(record['seconds'])}, "
+            f"  teacher cache {out.name}{tag}: done in {clock(record['seconds'])}, "
             f"{(record['bytes'] or 0) / 2**20:.1f} MiB"
         )
         return record
 
-    def distill(self, stage):
+    def distill(self, stage, tag=""):
         """Sequence-level KD data for ``stage``: the teacher translates the training source."""
         out = Path(self.layout.stage_data(stage))
         if (out / "distill.json").is_file():
@@ -158,7 +151,7 @@ class Chain:
             spec = {k.replace("-", "_"): v for k, v in stage.seqkd.items() if k != "teacher"}
             teacher = self.layout.best_checkpoint(stage.seqkd["teacher"])
             self.progress(
-                f"  sequence-level KD data {out.name}: {teacher} translates the training set"
+                f"  sequence-level KD data {out.name}{tag}: {teacher} translates the training set"
             )
             start = time.time()
             with warnings.catch_warnings(action="ignore"):
@@ -167,13 +160,18 @@ class Chain:
             record = {"step": "distill", "name": out.name, "teacher": str(teacher)}
             record["seconds"] = time.time() - start
             steps.write_json(path, record)
-        self.progress(f"  sequence-level KD data {out.name}: done in {clock(record['seconds'])}")
+        self.progress(
+            f"  sequence-level KD data {out.name}{tag}: done in {clock(record['seconds'])}"
+        )
 
     # --- the whole run -------------------------------------------------------------------
 
-    def run(self, only=None, evaluate=True, hint=None):
+    def run(self, only=None, evaluate=True, hint=None, jobs=1):
         """Train the stages (all, or ``only``), then evaluate and report; returns the rows
-        (none without ``evaluate``). ``hint(stage)``: how to train a missing prerequisite."""
+        (none without ``evaluate``). ``hint(stage)``: how to train a missing prerequisite.
+        ``jobs``: steps at once (:mod:`evokd.chain.schedule`), each on its share of the
+        devices; with several, a failed step stops only the steps that need it, and the
+        error comes once the others have finished."""
         stages = self.stages(only)
         self.prepare_data()
         self.check(stages)
@@ -181,20 +179,25 @@ class Chain:
             for stage in stages:
                 if not self.trainer.is_finished(stage):
                     self.check_prerequisites(stage, hint)
-        progress = Progress(self.trainer, stages)
-        for i, stage in enumerate(stages, 1):
-            head = f"[{i}/{len(stages)}] {stage.name}"
-            if self.trainer.is_finished(stage):
-                self.progress(f"{head}: finished earlier, skipped")
-                continue
-            self.check_prerequisites(stage, hint)
-            self.teacher_steps(stage)
-            log = self.layout.train_log(stage)
-            self.progress(f"{head}: {progress.describe(stage)}; log: {log}")
-            started = time.time()
-            record = self.trainer.train(stage)
-            self.progress(f"{head}: {progress.finished(stage, record, time.time() - started)}")
+        graph = schedule.steps_of(self.layout, stages, self.trainer.is_finished)
+        run_step = StepRunner(self, stages, jobs, hint)
+        with run_step.threads():
+            outcome = schedule.run_steps(graph, jobs, run_step, fail_fast=jobs <= 1)
+        if not outcome:
+            raise EvokdError(f"chain {self.layout.run_name}: {outcome.describe()}")
         return self.report() if evaluate else []
+
+    def run_step(self, key, hint=None):
+        """Run the one step ``key`` of the chain (what a Slurm job runs): its prerequisites
+        must be finished."""
+        stages = self.stages()
+        graph = schedule.steps_of(self.layout, stages, self.trainer.is_finished)
+        step = schedule.find(graph, key)
+        self.prepare_data()
+        self.check([step.stage])
+        if not self.trainer.is_finished(step.stage):
+            self.check_prerequisites(step.stage, hint)
+        StepRunner(self, stages, 1, hint)(step, 1)
 
     def prepare_data(self):
         """Build the plan's data with ``evokd prepare`` if it is not there yet."""
@@ -227,3 +230,49 @@ class Chain:
         finished = [s for s in ordered(self.plan) if self.trainer.is_finished(s)]
         scores = {stage.name: self.evaluate_stage(stage) for stage in finished}
         return results.write_results(self.plan, self.trainer, scores)
+
+
+class StepRunner:
+    """Runs one step of ``chain`` in a job slot: a stage on the slot's share of the devices
+    (a :class:`StageTrainer` per slot), a teacher step in this process. Progress lines name
+    the slot when several jobs run."""
+
+    def __init__(self, chain, stages, jobs, hint=None):
+        self.chain, self.stages, self.jobs, self.hint = chain, stages, jobs, hint
+        self.devices = chain.devices.split(jobs)
+        base = chain.trainer
+        self.trainers = [base] if jobs <= 1 else [
+            StageTrainer(base.plan, base.layout, d, base.extra_args, base.seed, base.verbose)
+            for d in self.devices
+        ]  # fmt: skip
+        self.progress = Progress(base, stages)
+
+    def threads(self):
+        """Several jobs in one process: each in-process step (a teacher cache, a
+        translation) gets the threads of a job's share, as its stage would."""
+        import contextlib
+
+        threads = self.devices[0].threads
+        if self.jobs <= 1 or not threads:
+            return contextlib.nullcontext()
+        return torch_threads(threads)
+
+    def __call__(self, step, slot):
+        chain = self.chain
+        tag = f" (job {slot})" if self.jobs > 1 else ""
+        if step.kind in ("cache", "distill"):
+            build = chain.build_cache if step.kind == "cache" else chain.distill
+            return build(step.stage, tag=tag) if tag else build(step.stage)
+        stage = step.stage
+        head = f"[{self.stages.index(stage) + 1}/{len(self.stages)}] {stage.name}{tag}"
+        trainer = self.trainers[slot - 1]
+        if trainer.is_finished(stage):
+            chain.progress(f"{head}: finished earlier, skipped")
+            return None
+        chain.check_prerequisites(stage, self.hint)
+        log = chain.layout.train_log(stage)
+        chain.progress(f"{head}: {self.progress.describe(stage)}; log: {log}")
+        started = time.time()
+        record = trainer.train(stage)
+        chain.progress(f"{head}: {self.progress.finished(stage, record, time.time() - started)}")
+        return record
