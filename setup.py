@@ -12,7 +12,13 @@ setup(
     license="MIT",
     packages=find_packages(include=["evokd", "evokd.*"]),
     package_data={
-        "evokd": ["corpora/*/*.gz", "corpora/*/README.md", "plans/*.yaml", "teachers/prompts/*.txt"]
+        "evokd": [
+            "corpora/*/*.gz",
+            "corpora/*/README.md",
+            "plans/*.yaml",
+            "teachers/prompts/*.txt",
+            "methods/patch/prompts/*.txt",
+        ]
     },
     python_requires=">=3.9",
     install_requires=[

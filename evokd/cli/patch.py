@@ -24,6 +24,25 @@ steps (STEP runs one; without STEP every enabled step runs, finished ones skippe
 
 --pool and --mono files hold raw source sentences, tokenized, lowercased and BPE'd like
 DATA's training text: DATA must then be a folder made by `evokd prepare`.
+
+With an LLM teacher (--teacher http(s)://HOST:PORT/v1 --teacher-model NAME, or a Hugging Face
+causal-LM folder; DATA made by `evokd prepare`) the steps are MT-Patcher's own:
+  translate   the student translates the pool; the LLM names the errors of each translation
+              with their corrections, and a corrected translation (prompt feedback.txt)
+  select      the sentences with at least one error
+  synthesize  --llm-samples new sentences per error word (synthesis.txt, temperature 1.0),
+              translated by the LLM
+  analogy     --analogy-k words of the same category and --analogy-k related words per error
+              (analogy.txt), --llm-samples sentences for each (context.txt), translated
+Prompts: evokd/methods/patch/prompts/*.txt, or the files of --prompts DIR. A reply must be the
+stated JSON; any other is counted as unparsed and skipped. Every call is kept in DIR/replies
+(--reply-cache): a killed run resumes, and a rerun costs, no call twice. DIR/report.json:
+sentences judged and flagged, unparsed replies, contexts and analogies written and kept, the
+calls' time and tokens, the student's BLEU before and after.
+
+  demonstrations  (not a step) the feedback prompts for a --sample of the student's
+              translations, DIR/demonstrations/prompts.jsonl; with --teacher (a strong LLM's
+              server), its replies as DIR/demonstrations/pairs.jsonl to fine-tune a patcher on
 """
 
 from evokd.cli import add_decoding_arguments
@@ -48,14 +67,18 @@ def add_arguments(parser):
         "step",
         nargs="?",
         default="all",
-        choices=[*STEPS, "all"],
+        choices=[*STEPS, "all", "demonstrations"],
         metavar="STEP",
-        help=f"one step ({', '.join(STEPS)}), or all of them (default)",
+        help=f"one step ({', '.join(STEPS)}), all of them (default), or demonstrations",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="the output folder")
     group = parser.add_argument_group("inputs (fixed by the first step in DIR/patch.json)")
     group.add_argument("--student", metavar="CKPT", help="the student checkpoint")
-    group.add_argument("--teacher", metavar="CKPT", help="the teacher checkpoint")
+    group.add_argument(
+        "--teacher", metavar="CKPT|URL|DIR",
+        help="the teacher: a fairseq checkpoint, or an LLM (an OpenAI-compatible server URL "
+        "http(s)://HOST:PORT/v1, a Hugging Face causal-LM folder)",
+    )  # fmt: skip
     group.add_argument("--data", metavar="DIR", help="binarized data both were trained on")
     group.add_argument(
         "--pool", metavar="FILE", help="raw source sentences to translate (default: the "
@@ -110,19 +133,51 @@ def add_arguments(parser):
         "(default: 512)",
     )  # fmt: skip
     group.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
+    add_llm_arguments(parser)
+
+
+def add_llm_arguments(parser):
+    group = parser.add_argument_group("an LLM teacher (server URL or causal-LM folder)")
+    group.add_argument("--teacher-model", metavar="NAME", help="the served model's name")
+    group.add_argument(
+        "--teacher-api", choices=["chat", "completions"], default="chat",
+        help="the server's route: chat/completions or completions (default: chat)",
+    )  # fmt: skip
+    group.add_argument("--prompts", metavar="DIR", help="prompt files replacing the shipped ones")
+    group.add_argument(
+        "--llm-samples", type=int, default=4, metavar="N",
+        help="new sentences asked per error word and per analogy word, at temperature 1.0 "
+        "(default: 4)",
+    )  # fmt: skip
+    group.add_argument(
+        "--llm-max-tokens", type=int, default=256, metavar="N",
+        help="the length cap of one reply, in the LLM's tokens (default: 256)",
+    )  # fmt: skip
+    group.add_argument(
+        "--concurrency", type=int, default=4, metavar="N", help="requests at once (default: 4)"
+    )
+    group.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S",
+        help="seconds a request may take (default: 120)",
+    )  # fmt: skip
+    group.add_argument(
+        "--retries", type=int, default=3, metavar="N",
+        help="retries of a refused, timed-out, 429 or 5xx request, after 1, 2, 4, ... seconds "
+        "(default: 3)",
+    )  # fmt: skip
+    group.add_argument(
+        "--reply-cache", metavar="DIR", help="where every reply is kept (default: OUT/replies)"
+    )
+    group.add_argument(
+        "--sample", type=int, default=100, metavar="N",
+        help="demonstrations: student translations sampled from the pool (default: 100)",
+    )  # fmt: skip
 
 
 def run(args):
-    from evokd.methods.patch import run_patch
+    from evokd.methods.patch import PatchConfig, run_patch, write_demonstrations
 
-    stats = run_patch(
-        args.student,
-        args.teacher,
-        args.data,
-        args.out,
-        pool=args.pool,
-        mono=args.mono,
-        steps=None if args.step == "all" else [args.step],
+    settings = dict(
         select=args.select,
         score=args.score,
         synthesis=not args.no_synthesis,
@@ -142,7 +197,27 @@ def run(args):
         max_tokens=args.max_tokens,
         chunk_size=args.chunk_size,
         cpu=args.cpu,
+        teacher_model=args.teacher_model,
+        teacher_api=args.teacher_api,
+        prompts=args.prompts,
+        llm_samples=args.llm_samples,
+        llm_max_tokens=args.llm_max_tokens,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        retries=args.retries,
+        reply_cache=args.reply_cache,
     )
+    if args.step == "demonstrations":
+        cfg = PatchConfig(**settings)
+        cfg.check()
+        stats = {"demonstrations": write_demonstrations(
+            args.student, args.data, args.out, teacher=args.teacher, pool=args.pool,
+            sample=args.sample, seed=args.seed, cfg=cfg,
+        )}  # fmt: skip
+    else:
+        steps = None if args.step == "all" else [args.step]
+        stats = run_patch(args.student, args.teacher, args.data, args.out, pool=args.pool,
+                          mono=args.mono, steps=steps, **settings)  # fmt: skip
     for step, values in stats.items():
         print(f"{step}: {_pairs(values)}")
         for key, value in values.items():

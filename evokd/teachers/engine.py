@@ -6,6 +6,7 @@ The engines (:mod:`.ctranslate2`, :mod:`.huggingface`, :mod:`.server`) build on 
 """
 
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from evokd.errors import EvokdError, check_number
 PROMPT = Path(__file__).resolve().parent / "prompts" / "translate.txt"
 FIELDS = ("{src_lang}", "{tgt_lang}", "{source}")
 PROBLEMS = ("empty", "unparsed", "cut")
+USAGE = ("calls", "cached", "seconds", "prompt_tokens", "completion_tokens")
 LANGUAGES = {
     "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish",
     "fr": "French", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish",
@@ -110,6 +112,22 @@ class TextTeacher:
 
     def translate_batch(self, sources):
         raise NotImplementedError
+
+    def complete(self, prompts, max_tokens, temperature=0.0, samples=1):
+        """The LLM's raw replies to ``prompts`` (any task, not only translation): one list of
+        ``samples`` replies (str, or None when the answer held no text) per prompt, in order.
+        Greedy when ``temperature`` is 0; each sample is its own cached call. What the calls
+        cost is added to :attr:`usage`. Only LLM teachers (server, causal LM) have it."""
+        raise EvokdError(f"--teacher {self.path}: a {self.kind} teacher is not an LLM")
+
+    @property
+    def usage(self):
+        """What the LLM calls cost so far: ``calls`` sent, ``cached`` (answered from the reply
+        cache), ``seconds`` spent in calls, and ``prompt_tokens``/``completion_tokens`` where
+        the engine says."""
+        if not hasattr(self, "_usage"):
+            self._usage = dict.fromkeys(USAGE, 0)
+        return self._usage
 
     def describe(self):
         """JSON-able identity and settings: kind, path, content digest, decoding."""
@@ -212,6 +230,16 @@ def engine_translation(text, cut=False, score=None):
     text = " ".join(text.split())
     problem = "empty" if not text else ("cut" if cut else None)
     return Translation(text, score, problem)
+
+
+def reply_cache_path(folder, key):
+    """Where the reply to the request ``key`` (a JSON-able dict: model, prompt, settings) is
+    kept in the reply cache ``folder`` (None: no cache): ``FOLDER/ab/abcd....json``, by the
+    sha256 of the key."""
+    if not folder:
+        return None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(folder) / digest[:2] / f"{digest}.json"
 
 
 def api_key():

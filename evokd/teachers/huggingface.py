@@ -11,11 +11,13 @@ is read by :func:`evokd.teachers.text.parse_reply`.
 
 import json
 import logging
+import time
 from pathlib import Path
 
+from evokd import files
 from evokd.errors import EvokdError
 
-from .engine import TextTeacher, engine_translation, reply_translation
+from .engine import TextTeacher, engine_translation, reply_cache_path, reply_translation
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +56,14 @@ class HuggingFaceTeacher(TextTeacher):
         import torch
 
         encoded = {k: v.to(self.settings.device) for k, v in encoded.items()}
+        options = {"num_beams": self.settings.beam, "do_sample": False, **kwargs}
         with torch.inference_mode():
             return self.model.generate(
                 **encoded,
                 max_new_tokens=max_new_tokens,
-                num_beams=self.settings.beam,
-                do_sample=False,
                 return_dict_in_generate=True,
                 output_scores=True,
-                **kwargs,
+                **options,
             )
 
     def new_tokens(self, sequence, start):
@@ -108,7 +109,10 @@ class CausalLMTeacher(HuggingFaceTeacher):
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def text(self, source):
-        prompt = self.ask(source)
+        return self.chat(self.ask(source))
+
+    def chat(self, prompt):
+        """``prompt`` as the model reads it: through its chat template when it has one."""
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "user", "content": prompt}]
             return self.tokenizer.apply_chat_template(
@@ -128,4 +132,42 @@ class CausalLMTeacher(HuggingFaceTeacher):
             cut = not ended or len(tokens) >= cap
             reply = self.tokenizer.decode(tokens[:cap], skip_special_tokens=True)
             out.append(reply_translation(reply, cut))
+        return out
+
+    def complete(self, prompts, max_tokens, temperature=0.0, samples=1):
+        """See :meth:`TextTeacher.complete`: one prompt at a time (through the chat template),
+        sample ``k`` drawn with ``torch.manual_seed(k)``; every reply kept in
+        ``settings.reply_cache`` by (model digest, prompt, settings, sample)."""
+        import torch
+
+        out = []
+        for prompt in prompts:
+            replies = []
+            for k in range(samples):
+                key = {"model": self.digest(), "prompt": prompt, "max_tokens": max_tokens,
+                       "temperature": temperature, "sample": k}  # fmt: skip
+                path = reply_cache_path(self.settings.reply_cache, key)
+                if path is not None and path.is_file():
+                    self.usage["cached"] += 1
+                    replies.append(files.read_json(path)["reply"])
+                    continue
+                start = time.perf_counter()
+                text = self.chat(prompt)
+                encoded = self.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+                torch.manual_seed(k)
+                sampling = {"do_sample": True, "temperature": temperature} if temperature else {}
+                result = self.generate(encoded, max_tokens, num_beams=1, **sampling,
+                                       pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+                prompt_tokens = encoded["input_ids"].shape[1]
+                tokens, _ = self.new_tokens(result.sequences[0], prompt_tokens)
+                reply = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                self.usage["calls"] += 1
+                self.usage["seconds"] += time.perf_counter() - start
+                self.usage["prompt_tokens"] += prompt_tokens
+                self.usage["completion_tokens"] += len(tokens)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    files.write_json(path, {"key": key, "reply": reply})
+                replies.append(reply)
+            out.append(replies)
         return out

@@ -16,19 +16,18 @@ does not pay for a request twice. The model is checked against ``GET /models`` f
 the server does not have is an error naming the ones it has.
 """
 
-import hashlib
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from evokd import files
 from evokd.errors import EvokdError
 
-from .engine import TextTeacher, api_key, folder_digest, reply_translation
+from .engine import TextTeacher, api_key, folder_digest, reply_cache_path, reply_translation
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,7 @@ class ServerTeacher(TextTeacher):
             raise EvokdError(f"--teacher {url}: a server teacher needs --teacher-model NAME")
         self.calls = 0  # requests sent (cached replies are not)
         self.cached = 0
+        self.lock = threading.Lock()
         self.check_model()
 
     def digest(self):
@@ -112,28 +112,55 @@ class ServerTeacher(TextTeacher):
             return dict(body, messages=[{"role": "user", "content": self.ask(source)}])
         return dict(body, prompt=self.ask(source))
 
-    def cache_path(self, body):
-        if not self.settings.reply_cache:
-            return None
-        key = json.dumps({"api": self.settings.api, **body}, sort_keys=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return Path(self.settings.reply_cache) / digest[:2] / f"{digest}.json"
+    def cache_path(self, body, **extra):
+        return reply_cache_path(
+            self.settings.reply_cache, {"api": self.settings.api, **body, **extra}
+        )
 
     def ask_server(self, source):
         """``(reply text, finish reason)`` for one sentence, from the cache or the server."""
-        body = self.body(source)
-        path = self.cache_path(body)
+        return read_answer(self.answer(self.body(source)))
+
+    def answer(self, body, **extra):
+        """The server's JSON answer to ``body``, from the reply cache (keyed by ``body`` and
+        ``extra``) or the server; counted in :attr:`usage`."""
+        path = self.cache_path(body, **extra)
         if path is not None and path.is_file():
-            self.cached += 1
-            answer = files.read_json(path)
-        else:
-            route = "chat/completions" if self.settings.api == "chat" else "completions"
-            answer = self.request(route, body)
+            with self.lock:
+                self.cached += 1
+                self.usage["cached"] += 1
+            return files.read_json(path)
+        route = "chat/completions" if self.settings.api == "chat" else "completions"
+        start = time.perf_counter()
+        answer = self.request(route, body)
+        tokens = answer.get("usage") if isinstance(answer, dict) else None
+        with self.lock:
             self.calls += 1
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                files.write_json(path, answer)
-        return read_answer(answer)
+            self.usage["calls"] += 1
+            self.usage["seconds"] += time.perf_counter() - start
+            for key in ("prompt_tokens", "completion_tokens"):
+                if isinstance(tokens, dict) and isinstance(tokens.get(key), int):
+                    self.usage[key] += tokens[key]
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.write_json(path, answer)
+        return answer
+
+    def complete(self, prompts, max_tokens, temperature=0.0, samples=1):
+        """See :meth:`TextTeacher.complete`: one request per prompt and sample, at most
+        ``settings.concurrency`` at once; the sample number is part of the cache key."""
+        body = {"model": self.settings.model, "max_tokens": max_tokens, "temperature": temperature}
+        jobs = []
+        for prompt in prompts:
+            if self.settings.api == "chat":
+                ask = dict(body, messages=[{"role": "user", "content": prompt}])
+            else:
+                ask = dict(body, prompt=prompt)
+            jobs += [(ask, k) for k in range(samples)]
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            answers = list(pool.map(lambda job: self.answer(job[0], sample=job[1]), jobs))
+        texts = [read_answer(answer)[0] for answer in answers]
+        return [texts[i : i + samples] for i in range(0, len(texts), samples)]
 
     def translate_batch(self, sources):
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:

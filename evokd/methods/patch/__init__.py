@@ -1,4 +1,5 @@
-"""Teacher-feedback patching (after MT-Patcher, Li et al., NAACL 2024), with a fairseq teacher.
+"""Teacher-feedback patching (after MT-Patcher, Li et al., NAACL 2024), with a fairseq teacher,
+or with an LLM as the paper runs it (:mod:`.llm_steps`, :mod:`.llm`, :mod:`.demonstrations`).
 
 Plain KD retrains the student on everything. Patching finds where the student is far from
 its teacher and fine-tunes it on that, in six steps, each resumable:
@@ -75,7 +76,8 @@ reads them):
 __doc__ += FILES
 
 from .config import PatchConfig  # noqa: E402
+from .demonstrations import write_demonstrations  # noqa: E402
 from .pipeline import run_patch  # noqa: E402
 from .workspace import STEPS  # noqa: E402
 
-__all__ = ["FILES", "STEPS", "PatchConfig", "run_patch"]
+__all__ = ["FILES", "STEPS", "PatchConfig", "run_patch", "write_demonstrations"]

@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from evokd.core.decoding import DECODING
 from evokd.errors import EvokdError
@@ -37,6 +38,16 @@ class PatchConfig:
     max_tokens: int = DECODING["max_tokens"]
     chunk_size: int = 512  # sentences per chunk of a translating step's JSONL (:mod:`.chunks`)
     cpu: bool = False
+    # an LLM teacher (:mod:`.llm`)
+    teacher_model: Optional[str] = None  # the served model's name
+    teacher_api: str = "chat"  # chat | completions
+    prompts: Optional[str] = None  # a folder of prompt files replacing the shipped ones
+    llm_samples: int = 4  # new sentences asked per error (per analogy word), at temperature 1
+    llm_max_tokens: int = 256  # the length cap of one reply, in the LLM's tokens
+    concurrency: int = 4  # server requests at once
+    timeout: float = 120.0  # seconds per request
+    retries: int = 3  # retries of a failed request (backoff 1, 2, 4, ... s)
+    reply_cache: Optional[str] = None  # where every reply is kept (default DIR/replies)
 
     def decoding(self):
         return {
@@ -56,6 +67,10 @@ class PatchConfig:
             ("--max-len-b", self.max_len_b, 1),
             ("--max-tokens", self.max_tokens, 1),
             ("--chunk-size", self.chunk_size, 1),
+            ("--llm-samples", self.llm_samples, 1),
+            ("--llm-max-tokens", self.llm_max_tokens, 1),
+            ("--concurrency", self.concurrency, 1),
+            ("--retries", self.retries, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise EvokdError(f"{flag} {value}: expected a whole number >= {minimum}")
@@ -64,4 +79,8 @@ class PatchConfig:
                 raise EvokdError(f"{flag} {value}: expected a number >= 0")
         if not (isinstance(self.lenpen, (int, float)) and math.isfinite(self.lenpen)):
             raise EvokdError(f"--lenpen {self.lenpen}: expected a finite number")
+        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise EvokdError(f"--timeout {self.timeout}: expected seconds > 0")
+        if self.teacher_api not in ("chat", "completions"):
+            raise EvokdError(f"--teacher-api {self.teacher_api}: expected chat or completions")
         self.train_args = tuple(self.train_args)

@@ -82,6 +82,8 @@ class Workspace:
         self.results = self.out / "results.json"
         self.pool_dir = self.out / "pool"
         self.mono_dir = self.out / "mono"
+        self.replies = self.out / "replies"  # an LLM teacher's replies (kept when a step is redone)
+        self.report = self.out / "report.json"
         self._digests = {}
 
     def record_path(self, step):
@@ -114,7 +116,10 @@ class Workspace:
         inputs = {}
         for key in INPUTS:
             value = given.get(key)
-            value = None if value in (None, "") else os.path.abspath(value)
+            if value in (None, ""):
+                value = None
+            elif not str(value).startswith(("http://", "https://")):  # a server URL stays
+                value = os.path.abspath(value)
             if key in known and value is not None and value != known[key]:
                 raise EvokdError(
                     f"--{key} {given[key]}: {self.out} was started with --{key} {known[key]}; "
