@@ -21,6 +21,7 @@ import re
 import textwrap
 from pathlib import Path
 
+from evokd.core import plots
 from evokd.files import write_png
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 _JSON = re.compile(r"(\w+)\s*[|:]\s*(\{.*\})\s*$")
 _SIMPLE = re.compile(r"epoch (\d+) \| valid on '([^']+)' subset \| (.*)$")
 _UPDATES = re.compile(r"num_updates(?:\"\s*:\s*\"?|[ =])(\d+)")
-_RUN_START = "$ "  # the chain writes "$ COMMAND" before each fairseq-train run
 METRICS = {"bleu": "validation BLEU", "loss": "validation loss"}
 
 
@@ -177,45 +177,67 @@ def chain_curves(stages, metric=None):
     return {"metric": metric, "curves": curves, "offsets": offsets, "continues": continues}
 
 
-def plot_curves(curves, path, metric="bleu", continues=None, title=None):
-    """``curves.png``: one line per stage (``curves``: stage -> ``(x, y)`` points, as
-    :func:`chain_curves` gives them); a stage in ``continues`` starts its line at the last
-    point of its source's. Returns ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # not pyplot: no global state, no display
-
-    continues = continues or {}
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    drawn = 0
-    for i, (name, points) in enumerate(curves.items()):
-        if not points:
-            continue
+def _draw(ax, curves, names, continues, styles):
+    for name in names:
+        points = curves[name]
         xs, ys = [x for x, _ in points], [y for _, y in points]
         source = curves.get(continues.get(name)) or []
         if source:  # join the line to where its source ended
             xs, ys = [source[-1][0]] + xs, [source[-1][1]] + ys
-        style = ("-", "--", ":")[(i // 10) % 3]  # past ten stages the colours repeat
-        ax.plot(xs, ys, style, marker="o", markersize=3, color=f"C{i % 10}", label=name)
-        drawn += 1
-    if drawn:
-        ax.legend(loc="best", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no validation logged yet", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("student's cumulative updates")
-    ax.set_ylabel(METRICS.get(metric, metric))
-    ax.set_title(textwrap.fill(title or "validation curves", 70), fontsize=10)
+        colour, linestyle, marker = styles[name]
+        ax.plot(xs, ys, linestyle=linestyle, marker=marker, markersize=4, color=colour,
+                label=name, linewidth=1.3, markerfacecolor="none")  # fmt: skip
     ax.grid(alpha=0.3)
+
+
+def plot_title(title, metric):
+    """What ``curves.png`` compares, after the run's own title."""
+    what = f"{METRICS.get(metric, metric)} of each stage during training"
+    return f"{title}: {what}" if title else what
+
+
+def plot_curves(curves, path, metric="bleu", continues=None, title=None, teachers=()):
+    """``curves.png``: one line per stage (``curves``: stage -> ``(x, y)`` points, as
+    :func:`chain_curves` gives them), each in its own colour, line style and marker
+    (:func:`evokd.core.plots.styles`); a stage in ``continues`` starts its line at the last
+    point of its source's. Stages in ``teachers`` get a panel of their own on the left,
+    against the updates in the stage; the others are drawn against the student's updates
+    counted across the stages it started from. Returns ``path``."""
+    continues = continues or {}
+    drawn = [name for name, points in curves.items() if points]
+    styles = dict(zip(drawn, plots.styles(len(drawn))))
+    taught = [name for name in drawn if name in teachers]
+    students = [name for name in drawn if name not in teachers]
+    fig = plots.figure(9 if taught else 7.5, 4.8)
+    panels = [(taught, "updates in the stage")] if taught else []
+    panels += [(students, "updates, those of the stage it started from included")]
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    if taught:
+        fig.get_layout_engine().set(wspace=0.05)
+    for ax, (names, xlabel) in zip(axes, panels):
+        _draw(ax, curves, names, continues, styles)
+        ax.set_xlabel(xlabel, fontsize=9)
+        if taught:
+            ax.set_title("teachers" if names is taught else "students", fontsize=9)
+    axes[0].set_ylabel(METRICS.get(metric, metric))
+    if drawn:
+        handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
+        fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="stage")
+    else:
+        axes[0].text(0.5, 0.5, "no validation logged yet", ha="center", transform=axes[0].transAxes)
+    fig.suptitle(textwrap.fill(plot_title(title, metric), 90), fontsize=10)
     return write_png(fig, path)
 
 
 def write_curves(stages, path, metric=None, title=None):
-    """:func:`chain_curves` of ``stages`` drawn into ``path`` (``curves.png``); returns the
-    curves dict, or None (and writes nothing) when no stage has logged a validation."""
+    """:func:`chain_curves` of ``stages`` drawn into ``path`` (``curves.png``); a stage
+    named as another one's ``teacher`` is drawn in the teachers' panel. Returns the curves
+    dict, or None (and writes nothing) when no stage has logged a validation."""
     found = chain_curves(stages, metric)
     if not any(found["curves"].values()):
         logger.info("curves: no validation in the stages' logs, %s not written", path)
         return None
-    plot_curves(found["curves"], path, found["metric"], found["continues"], title)
+    names = {stage["name"] for stage in stages}
+    teachers = {stage.get("teacher") for stage in stages} & names
+    plot_curves(found["curves"], path, found["metric"], found["continues"], title, teachers)
     return found

@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 from evokd.chain.progress import clock
+from evokd.core import plots
 from evokd.data.textio import write_lines
 from evokd.files import write_png
 
@@ -230,10 +231,15 @@ def _roles(rows):
 
 
 STYLE = {  # role -> marker, colour, legend label
-    "teacher": ("s", "tab:red", "teacher"),
+    "baseline": ("D", "black", "baseline: trained without a teacher"),
+    "teacher": ("s", "tab:red", "teacher (of a later stage)"),
     "student": ("o", "tab:blue", "distilled student"),
-    "baseline": ("^", "tab:gray", "trained without a teacher"),
 }
+EDGES = (  # row key -> line style, legend label of its arrows
+    ("teacher", "-", "distilled from"),
+    ("seqkd_teacher", ":", "trained on the translations of"),
+    ("init_from", "--", "initialised from"),
+)
 
 
 def _human(n):
@@ -243,11 +249,43 @@ def _human(n):
     return f"{n:.0f}"
 
 
+def plot_title(title):
+    """What ``results.png`` compares, after the run's own title."""
+    what = "tokenized BLEU of each stage against its parameters"
+    return f"{title}: {what}" if title else what
+
+
+def _draw_points(ax, rows, points, roles):
+    for role in list(STYLE) + sorted(set(roles.values()) - set(STYLE)):
+        marker, colour, label = STYLE.get(role, ("P", "tab:green", role))
+        stages = [s for s in points if roles[s] == role]
+        if not stages:
+            continue
+        xs, ys = zip(*(points[s] for s in stages))
+        hollow = role == "baseline"
+        ax.scatter(
+            xs, ys, marker=marker, s=70, label=label, zorder=3, linewidths=1.6,
+            facecolors="none" if hollow else colour, edgecolors=colour,
+        )  # fmt: skip
+        if hollow:  # the level to beat, across the plot
+            for y in ys:
+                ax.axhline(y, color=colour, linewidth=0.8, linestyle=(0, (1, 3)), zorder=1)
+    for key, linestyle, label in EDGES:
+        pairs = [(row[key], row["stage"]) for row in rows if row.get(key) in points]
+        pairs = [(source, stage) for source, stage in pairs if stage in points]
+        for source, stage in pairs:
+            arrow = dict(arrowstyle="->", color="0.55", linestyle=linestyle, shrinkA=6, shrinkB=6)
+            ax.annotate("", xy=points[stage], xytext=points[source], arrowprops=arrow)
+        if pairs:  # a legend entry for the arrows
+            ax.plot([], [], color="0.55", linestyle=linestyle, label=f"arrow: {label}")
+
+
 def plot(rows, path, title=None):
-    """Tokenized BLEU by stage against model size (log scale), one marker per role; solid
-    arrows from teacher to student, dashed ones from the stage a student started from."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # not pyplot: no global state, no display
+    """``results.png``: tokenized BLEU by stage against parameters (log scale), one marker
+    and colour per role (the baseline hollow, its BLEU a dotted line across), each stage
+    named beside its point where the name meets no other text; solid arrows from teacher to
+    student, dotted ones from the teacher whose translations a student learned from, dashed
+    ones from the stage a student started from."""
     from matplotlib.ticker import NullFormatter
 
     roles = _roles(rows)
@@ -256,46 +294,26 @@ def plot(rows, path, title=None):
         for row in rows
         if row.get("parameters") and row.get("bleu") is not None
     }
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = plots.figure(7.5, 5)
     ax = fig.add_subplot()
-    for role in list(STYLE) + sorted(set(roles.values()) - set(STYLE)):
-        marker, colour, label = STYLE.get(role, ("D", None, role))
-        stages = [s for s in points if roles[s] == role]
-        if stages:
-            xs, ys = zip(*(points[s] for s in stages))
-            ax.scatter(xs, ys, marker=marker, color=colour, s=60, label=label, zorder=3)
-    edges = (
-        ("teacher", "-", "distilled from"),
-        ("seqkd_teacher", ":", "trained on the translations of"),
-        ("init_from", "--", "initialised from"),
-    )
-    for key, linestyle, label in edges:
-        pairs = [(row[key], row["stage"]) for row in rows if row.get(key) in points]
-        for source, stage in pairs:
-            if stage in points:
-                arrow = dict(
-                    arrowstyle="->", color="0.55", linestyle=linestyle, shrinkA=6, shrinkB=6
-                )
-                ax.annotate("", xy=points[stage], xytext=points[source], arrowprops=arrow)
-        if pairs:  # a legend entry for the arrows
-            ax.plot([], [], color="0.55", linestyle=linestyle, label=label)
-    for stage, (x, y) in points.items():
-        ax.annotate(stage, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
+    _draw_points(ax, rows, points, roles)
     if points:
         sizes = sorted({x for x, _ in points.values()})
         if len(sizes) > 1:
             ax.set_xscale("log")
         ax.set_xticks(sizes, [_human(x) for x in sizes], minor=False)
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(loc="best", fontsize=8)
-        ax.margins(x=0.2, y=0.15)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0)
+        ax.margins(x=0.25, y=0.2)
     else:
         ax.text(0.5, 0.5, "no stage evaluated yet", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("model size (parameters)")
+    ax.set_xlabel("parameters (log scale)" if len(points) > 1 else "parameters")
     ax.set_ylabel("tokenized BLEU")
-    ax.set_title(textwrap.fill(title or "evokd results", 70), fontsize=10)
+    ax.set_title(textwrap.fill(plot_title(title), 80), fontsize=10)
     ax.grid(alpha=0.3)
+    renderer = plots.freeze_layout(fig)
+    plots.thin_ticks(ax.xaxis, renderer)
+    plots.place_labels(ax, [(stage, xy) for stage, xy in points.items()], renderer)
     return write_png(fig, path)
 
 

@@ -1,8 +1,10 @@
 """The report of `evokd bench-translate`: its result as Markdown tables (one per beam) and a
-PNG (speed-up over the teacher in fairseq against BLEU lost), written beside the JSON."""
+PNG (speed-up over the teacher in fairseq against the BLEU below it), written beside the
+JSON."""
 
 from pathlib import Path
 
+from evokd.core import plots
 from evokd.deploy.bench_translate import COST_LABEL
 from evokd.files import write_png
 
@@ -49,48 +51,87 @@ def table(result):
     return "\n".join(lines)
 
 
+def _engine(row):
+    return "fairseq" if row["engine"] == "fairseq" else f"CTranslate2 {row['quantization']}"
+
+
+def _scatter(ax, rows, colours, markers):
+    """One panel: each system at (BLEU below the teacher in fairseq, speed-up); returns the
+    reference (the teacher in fairseq, the first teacher row) as ``(x, y)``."""
+    reference = next((r for r in rows if r["model"] == "teacher"), None)
+    top = reference["bleu"] if reference else max(r["bleu"] for r in rows)
+    ax.axvline(0, color="0.5", linewidth=0.8, linestyle=":", zorder=1)
+    ax.axhline(1, color="0.5", linewidth=0.8, linestyle=":", zorder=1)
+    for r in rows:
+        ax.scatter(
+            top - r["bleu"], r["speedup"], marker=markers[_engine(r)], color=colours[r["model"]],
+            s=46, zorder=3, edgecolors="black", linewidths=0.4,
+        )  # fmt: skip
+    if reference is None:
+        return None
+    ax.scatter(0, reference["speedup"], marker="o", s=260, facecolors="none",
+               edgecolors="black", linewidths=1.2, zorder=2)  # fmt: skip
+    return 0, reference["speedup"]
+
+
+def _legends(fig, colours, markers):
+    from matplotlib.lines import Line2D
+
+    def handle(**kw):
+        return Line2D([], [], linestyle="none", **{"markersize": 7, **kw})
+
+    models = [handle(marker="o", color=c, label=m) for m, c in colours.items()]
+    engines = [handle(marker=k, color="0.4", label=e) for e, k in markers.items()]
+    engines.append(
+        handle(
+            marker="o",
+            markerfacecolor="none",
+            markeredgecolor="black",
+            markersize=13,
+            label="reference: teacher in fairseq",
+        )  # fmt: skip
+    )
+    fig.legend(handles=models, loc="outside right upper", fontsize=7, title="model")
+    fig.legend(handles=engines, loc="outside right lower", fontsize=7, title="engine")
+
+
 def plot(result, path):
-    """A PNG: speed-up over the teacher in fairseq against BLEU lost, one point per system
-    and beam (fixed lengths: the speed-ups as bars, there is no BLEU)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A PNG: speed-up over the teacher in fairseq against BLEU below it, one panel per
+    beam, one colour per model and one marker per engine; the teacher in fairseq is the
+    reference of both (at 0 and 1x), ringed and named. Fixed lengths: the speed-ups as bars
+    (there is no BLEU)."""
     rows, m = result["rows"], result["meta"]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    markers = dict(zip(m["beams"], "os^vD"))
+    data = f"{m['subset']} of {Path(m['data']).name}, {m['threads']} thread(s)"
     if m["fixed_length"]:
+        fig = plots.figure(7, 4.5)
+        ax = fig.add_subplot()
         labels = [f"{r['system']}, beam {r['beam']}" for r in rows]
         ax.barh(range(len(rows)), [r["speedup"] for r in rows], color="tab:blue")
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("speed-up over the teacher in fairseq (sentences/s)")
-        ax.set_title("Cost at fixed output lengths (no BLEU)", fontsize=10)
-    else:
-        for r in rows:
-            ax.scatter(
-                r["bleu_lost"],
-                r["speedup"],
-                marker=markers[r["beam"]],
-                s=36,
-                color="tab:red" if r["model"] == "teacher" else "tab:blue",
-            )
-            ax.annotate(
-                f"{r['system']}, beam {r['beam']}",
-                (r["bleu_lost"], r["speedup"]),
-                fontsize=6,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-        ax.set_xlabel("BLEU lost against the first student in fairseq")
-        ax.set_ylabel("speed-up over the teacher in fairseq")
-        ax.set_title("Speed against quality", fontsize=10)
+        ax.set_title(f"Speed at fixed output lengths (no BLEU), {data}", fontsize=10)
+        return write_png(fig, path)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colours = {name: colour for name, (colour, _, _) in zip(models, plots.styles(len(models)))}
+    engines = list(dict.fromkeys(_engine(r) for r in rows))
+    markers = dict(zip(engines, "sD^vP<X>p"))
+    beams = m["beams"]
+    fig = plots.figure(4 + 3.2 * len(beams), 4.6)
+    axes = fig.subplots(1, len(beams), sharey=True, squeeze=False)[0]
+    references = []
+    for ax, beam in zip(axes, beams):
+        references.append(_scatter(ax, [r for r in rows if r["beam"] == beam], colours, markers))
+        ax.set_title(f"beam {beam}" + (" (greedy)" if beam == 1 else ""), fontsize=9)
+        ax.set_xlabel("BLEU below the teacher in fairseq", fontsize=9)
         ax.grid(alpha=0.3)
-    fig.text(
-        0.01, 0.01, f"{m['subset']} of {Path(m['data']).name}, {m['threads']} thread(s)", fontsize=6
-    )
-    fig.tight_layout()
-    write_png(fig, path)
-    plt.close(fig)
-    return path
+        ax.margins(x=0.15, y=0.12)
+    axes[0].set_ylabel("speed-up over the teacher in fairseq (sentences/s)", fontsize=9)
+    _legends(fig, colours, markers)
+    fig.suptitle(f"Speed against quality: each system against the teacher in fairseq, {data}",
+                 fontsize=10)  # fmt: skip
+    renderer = plots.freeze_layout(fig)
+    for ax, reference in zip(axes, references):
+        if reference is not None:
+            plots.place_labels(ax, [("reference", reference)], renderer, point_radius=9)
+    return write_png(fig, path)

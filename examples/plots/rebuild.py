@@ -1,0 +1,38 @@
+"""Rebuild the pictures in docs/ from the numbers in its tables.
+
+    python examples/plots/rebuild.py [--out docs]
+
+- ``results_cpu.json``: the `cpu` plan's table in docs/results.md ("EKD and TAKD on all of
+  Multi30k"): each stage's parameters, tokenized BLEU, teacher, start and role; drawn by
+  :func:`evokd.chain.report.plot` into ``results_cpu.png``.
+- ``bench_translate_fast_students.json``: the bench-translate tables of docs/benchmarks.md
+  ("Fast students"); drawn by :func:`evokd.deploy.bench_translate_report.plot` into
+  ``bench_translate_fast_students.png``.
+
+``results_cpu_curves.png`` needs the stages' training logs, which are not in the
+repository: `evokd chain --plan cpu_controls --evaluate-only` redraws it where they are.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from evokd.chain import report
+from evokd.deploy import bench_translate_report
+
+HERE = Path(__file__).resolve().parent
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=HERE.parents[1] / "docs", type=Path, help="folder")
+    args = parser.parse_args()
+    results = json.loads((HERE / "results_cpu.json").read_text(encoding="utf-8"))
+    report.plot(results["rows"], args.out / "results_cpu.png", results["title"])
+    bench = json.loads((HERE / "bench_translate_fast_students.json").read_text(encoding="utf-8"))
+    bench_translate_report.plot(bench, args.out / "bench_translate_fast_students.png")
+    print(f"wrote {args.out / 'results_cpu.png'}, {args.out / 'bench_translate_fast_students.png'}")
+
+
+if __name__ == "__main__":
+    main()

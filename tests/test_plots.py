@@ -1,0 +1,160 @@
+"""The report's pictures are read, not looked at: rendered with Agg, no two texts overlap,
+every colour and marker has a legend entry, no two lines share a style, and titles and axes
+say what they hold."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.text import Text
+
+from evokd.chain import curves, report
+from evokd.deploy import bench_translate_report
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plots"
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save, by module."""
+    figures = {}
+    for module in (report, curves, bench_translate_report):
+
+        def keep(fig, path, module=module):
+            figures[module.__name__] = fig
+            fig.savefig(path, format="png")
+            return path
+
+        monkeypatch.setattr(module, "write_png", keep)
+    return figures
+
+
+def texts(fig):
+    """Every text drawn in ``fig`` with its box, measured by Agg after a full draw."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for text in fig.findobj(Text):
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        axis = next(
+            (a for ax in fig.axes for a in (ax.xaxis, ax.yaxis) if text in _labels(a)), None
+        )
+        if axis is not None:  # a tick label: drawn only when its tick is in view
+            low, high = sorted(axis.get_view_interval())
+            tick = next(t for t in axis.get_major_ticks() + axis.get_minor_ticks()
+                        if text in (t.label1, t.label2))  # fmt: skip
+            if not low - 1e-9 * (high - low) <= tick.get_loc() <= high + 1e-9 * (high - low):
+                continue
+        found.append((text.get_text(), text.get_window_extent(renderer)))
+    return found
+
+
+def _labels(axis):
+    ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+    return [label for t in ticks for label in (t.label1, t.label2)]
+
+
+def assert_no_overlap(fig):
+    boxes = texts(fig)
+    clashes = [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2)
+               if box_a.overlaps(box_b)]  # fmt: skip
+    assert clashes == []
+    return [t for t, _ in boxes]
+
+
+def legend_labels(fig):
+    legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
+    return [t.get_text() for legend in legends if legend for t in legend.get_texts()]
+
+
+def example(name):
+    return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+
+
+def test_results_plot(tmp_path, drawn):
+    data = example("results_cpu.json")
+    report.plot(data["rows"], tmp_path / "results.png", "cpu plan")
+    fig = drawn["evokd.chain.report"]
+    shown = assert_no_overlap(fig)
+    for row in data["rows"]:  # every stage named once
+        assert shown.count(row["stage"]) == 1
+    legend = legend_labels(fig)
+    assert {label for _, _, label in report.STYLE.values()} <= set(legend)
+    assert {"arrow: distilled from", "arrow: initialised from"} <= set(legend)
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("cpu plan: tokenized BLEU of each stage")
+    assert ax.get_ylabel() == "tokenized BLEU" and "parameters" in ax.get_xlabel()
+    # the baseline is the one hollow marker, its BLEU a line across the plot
+    hollow = [c for c in ax.collections if len(c.get_facecolors()) == 0]
+    assert [c.get_label() for c in hollow] == [report.STYLE["baseline"][2]]
+    assert [tuple(line.get_ydata()) for line in ax.lines if len(line.get_ydata()) == 2 and
+            line.get_ydata()[0] == line.get_ydata()[1] == 22.75]  # fmt: skip
+
+
+def test_results_plot_crowded(tmp_path, drawn):
+    """Eleven stages, six of the same size within 3.7 BLEU (docs/results.md, cpu_controls)."""
+    bleu = {"student_model": 28.21, "junior_teacher": 35.11, "senior_teacher": 38.38,
+            "junior_student": 28.32, "senior_student": 34.34, "master_student": 37.92,
+            "TAKD_assistant_teacher": 34.89, "TAKD_student": 32.53,
+            "senior_student_long": 37.82, "junior_student_long": 35.69,
+            "master_student_training": 37.00}  # fmt: skip
+    size = {"junior_teacher": 3878912, "senior_teacher": 8934400, "TAKD_assistant_teacher": 3878912}
+    rows = [{"stage": s, "parameters": size.get(s, 1793536), "bleu": b,
+             "teacher": None if s in size or s == "student_model" else "senior_teacher"}
+            for s, b in bleu.items()]  # fmt: skip
+    report.plot(rows, tmp_path / "results.png", "cpu_controls plan")
+    shown = assert_no_overlap(drawn["evokd.chain.report"])
+    assert all(shown.count(stage) == 1 for stage in bleu)
+
+
+def test_curves_plot(tmp_path, drawn):
+    names = [f"stage_{i}" for i in range(12)]
+    found = {n: [(100 * k, 10 + k) for k in range(1, 6)] for n in names}  # all on one line
+    teachers = {"stage_1", "stage_2"}
+    curves.plot_curves(found, tmp_path / "curves.png", "bleu", {"stage_5": "stage_4"}, "cpu",
+                       teachers)  # fmt: skip
+    fig = drawn["evokd.chain.curves"]
+    assert_no_overlap(fig)
+    lines = [line for ax in fig.axes for line in ax.lines]
+    styles = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(lines) == len(styles) == 12  # no style repeats
+    assert sorted(legend_labels(fig)) == sorted(names)
+    teacher_ax, student_ax = fig.axes
+    assert {line.get_label() for line in teacher_ax.lines} == teachers
+    assert teacher_ax.get_xlabel() == "updates in the stage"
+    assert student_ax.get_xlabel() == "updates, those of the stage it started from included"
+    assert fig._suptitle.get_text() == "cpu: validation BLEU of each stage during training"
+
+
+def test_curves_plot_without_teachers_has_one_panel(tmp_path, drawn):
+    curves.plot_curves({"a": [(1, 2.0), (2, 3.0)]}, tmp_path / "c.png", "loss")
+    fig = drawn["evokd.chain.curves"]
+    assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "validation loss"
+    assert_no_overlap(fig)
+
+
+def test_bench_plot_teacher_is_the_reference(tmp_path, drawn):
+    data = example("bench_translate_fast_students.json")
+    bench_translate_report.plot(data, tmp_path / "bench.png")
+    fig = drawn["evokd.deploy.bench_translate_report"]
+    shown = assert_no_overlap(fig)
+    assert shown.count("reference") == 2  # one per beam
+    legend = legend_labels(fig)
+    models = {r["model"] for r in data["rows"]}
+    assert models <= set(legend)
+    assert {"fairseq", "CTranslate2 float32", "CTranslate2 int8"} <= set(legend)
+    assert "reference: teacher in fairseq" in legend
+    for ax, beam in zip(fig.axes, (5, 1)):
+        rows = [r for r in data["rows"] if r["beam"] == beam]
+        teacher = rows[0]["bleu"]
+        offsets = sorted(tuple(p) for c in ax.collections for p in c.get_offsets())
+        # the teacher in fairseq at (0, 1x); a student 3.07 BLEU below it at beam 5
+        assert (0.0, 1.0) in offsets
+        expected = sorted((round(teacher - r["bleu"], 6), r["speedup"]) for r in rows)
+        got = sorted((round(x, 6), y) for x, y in offsets)
+        assert all(point in got for point in expected)
+        assert "BLEU below the teacher in fairseq" == ax.get_xlabel()
+    assert dict((r["system"], r["bleu"]) for r in data["rows"][:2]) == {
+        "teacher (fairseq)": 38.38, "student 3+3 (64) (fairseq)": 35.31}  # fmt: skip
