@@ -150,6 +150,7 @@ def curve_stages(plan, trainer):
                 "name": stage.name,
                 "log": trainer.layout.train_log(stage),
                 "init_from": stage.init_from,
+                "teacher": stage.teacher,
                 "updates": None
                 if updates is None
                 else updates + (record.get("start_updates") or 0),
