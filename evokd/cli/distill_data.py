@@ -173,7 +173,7 @@ def run(args):
         chunk_size=args.chunk_size,
     )
     if info.get("done"):
-        print(f"{args.out}: finished earlier with the same settings: nothing to do")
+        print(f"{args.out}: finished earlier with the same settings, and intact: nothing to do")
         return 0
     print(
         f"{args.out}: {info['examples']} {args.subset} pairs distilled with beam {args.beam} "
@@ -211,7 +211,7 @@ def run_text(args):
         chunk_size=args.chunk_size, source_text=args.source_text,
     )  # fmt: skip
     if info.get("done"):
-        print(f"{args.out}: finished earlier with the same settings: nothing to do")
+        print(f"{args.out}: finished earlier with the same settings, and intact: nothing to do")
         return 0
     counts = info["counts"]
     print(
