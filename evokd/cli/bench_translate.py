@@ -12,6 +12,11 @@ BLEU lost against the first student in fairseq. Prints one table per beam and th
 results as JSON; with --json FILE also writes FILE, FILE's .md (the tables) and .png
 (speed-up against BLEU lost, one point per system and beam).
 
+--shortlist-data DATA_BIN builds a lexical shortlist from that folder's pairs (the
+students' distilled training data; as `evokd export --shortlist`) and writes it into every
+CTranslate2 model; --shortlist on (default) translates with it, off without, both does each
+(one row per system and mode; every row says whether a shortlist restricted it).
+
 --fixed-length makes it a cost measurement with no BLEU: every output is forced to its
 reference's length (sentences batched by reference length; fairseq --min-len = --max-len-b
 = L per batch, CTranslate2 min_decoding_length = max_decoding_length = L), so untrained
@@ -40,6 +45,7 @@ def add_arguments(parser):
     _add_inputs(parser)
     _add_decoding(parser)
     _add_systems(parser)
+    _add_shortlist(parser)
     _add_outputs(parser)
 
 
@@ -148,6 +154,27 @@ def _add_systems(parser):
     group.add_argument("--cpu", action="store_true", help="do not use a GPU even if there is one")
 
 
+def _add_shortlist(parser):
+    """The lexical shortlist of the CTranslate2 models."""
+    from evokd.cli.export import add_shortlist_sizes
+
+    group = parser.add_argument_group("shortlist")
+    group.add_argument(
+        "--shortlist-data",
+        metavar="DATA_BIN",
+        help="build a shortlist from this folder's training pairs and export every "
+        "CTranslate2 model with it (default: no shortlist)",
+    )
+    group.add_argument(
+        "--shortlist",
+        choices=("on", "off", "both"),
+        default="on",
+        help="CTranslate2 models that have a shortlist translate with it (on), without it "
+        "(off), or both ways, a row each (default: %(default)s)",
+    )
+    add_shortlist_sizes(group)
+
+
 def _add_outputs(parser):
     """Where the results, models and profiles go."""
     group = parser.add_argument_group("output")
@@ -174,6 +201,12 @@ def run(args):
 
     from evokd.deploy.bench_translate import run_bench_translate
     from evokd.deploy.bench_translate_report import plot, table
+    from evokd.deploy.shortlist import ShortlistSpec
+
+    shortlist = None
+    if args.shortlist_data:
+        shortlist = ShortlistSpec(data=args.shortlist_data, best=args.shortlist_best,
+                                  frequent=args.shortlist_frequent)  # fmt: skip
 
     result = run_bench_translate(
         args.teacher,
@@ -192,6 +225,8 @@ def run(args):
         teacher_ct2=args.teacher_ct2,
         profile_dir=args.profile,
         repeat=args.repeat,
+        shortlist=shortlist,
+        use_shortlist=args.shortlist,
     )
     printed = table(result)
     print(printed)

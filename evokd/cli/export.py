@@ -11,6 +11,14 @@ The input is the BPE'd source as tokens (as in DATA_BIN/text/SPLIT.SRC of a fold
 `evokd prepare`); the output tokens still hold the BPE ("@@ "). OUT also holds
 evokd_export.json (the checkpoint, data, languages and quantization it was made from).
 
+--shortlist DATA_BIN also writes a lexical shortlist, OUT/vmap.txt, built from the pairs
+of DATA_BIN (the student's distilled training data, binarized with the model's
+dictionaries): each source piece's --shortlist-best target pieces by Dice coefficient over
+the pairs, plus the --shortlist-frequent most frequent target pieces (Marian's lex.50.50 by
+default). Its coverage (the share of reference target pieces their sentence's shortlist
+holds, on DATA_BIN's valid pairs) is printed and recorded in evokd_export.json. Translate
+with it: translator.translate_batch(..., use_vmap=True).
+
 --quantization sets the weight type: int8 (default) is the small, fast CPU model; float32
 translates like fairseq (same weights); int8_float16 or float16 suit GPUs.
 
@@ -18,6 +26,7 @@ examples:
   evokd export --ct2 checkpoints/ekd/master/checkpoint_best.pt models/master-int8
   evokd export --ct2 ckpt.pt models/student-fp32 --data data-bin/multi30k.de-en \\
       --quantization float32 --force
+  evokd export --ct2 ckpt.pt models/student-int8-lex --shortlist data-bin/seqkd.de-en
 """
 
 from evokd.deploy.export import QUANTIZATIONS
@@ -44,6 +53,20 @@ def add_arguments(parser):
         choices=QUANTIZATIONS,
         help="weight type of the exported model (default: %(default)s)",
     )
+    group = parser.add_argument_group("shortlist")
+    group.add_argument(
+        "--shortlist",
+        metavar="DATA_BIN",
+        help="write OUT/vmap.txt, a lexical shortlist built from this folder's pairs "
+        "(default: none)",
+    )
+    group.add_argument(
+        "--shortlist-subset",
+        default="train",
+        metavar="SPLIT",
+        help="the split of --shortlist to build from (default: %(default)s)",
+    )
+    add_shortlist_sizes(group)
     parser.add_argument(
         "--force",
         action="store_true",
@@ -51,19 +74,59 @@ def add_arguments(parser):
     )
 
 
+def add_shortlist_sizes(group):
+    """The sizes of a shortlist (Marian's lex.50.50 by default)."""
+    group.add_argument(
+        "--shortlist-best",
+        type=int,
+        default=50,
+        metavar="N",
+        help="target pieces kept per source piece, by Dice coefficient (default: %(default)s)",
+    )
+    group.add_argument(
+        "--shortlist-frequent",
+        type=int,
+        default=50,
+        metavar="N",
+        help="most frequent target pieces, always allowed (default: %(default)s)",
+    )
+
+
 def run(args):
     from evokd.deploy.export import export_ct2
 
+    shortlist = _shortlist(args) if args.shortlist else None
     info = export_ct2(
         args.checkpoint,
         args.out,
         data=args.data,
         quantization=args.quantization,
         force=args.force,
+        shortlist=shortlist,
     )
     print(
         f"{args.out}: CTranslate2 {info['ctranslate2']} model, {info['quantization']}, "
         f"{info['model_bytes'] / 2**20:.2f} MiB, {info['source_lang']}-{info['target_lang']} "
         f"({info['architecture']} from {info['checkpoint']})"
     )
+    if shortlist is not None:
+        lex = shortlist.info
+        print(
+            f"{args.out}/vmap.txt: shortlist of {lex['source_entries']} source pieces, "
+            f"{lex['best']} best + {lex['frequent']} frequent, from {lex['pairs']} pairs; "
+            f"coverage {lex['coverage']:.2%} of the {lex['coverage_subset']} references"
+        )
     return 0
+
+
+def _shortlist(args):
+    """The shortlist of ``--shortlist``, built on the model's languages."""
+    from evokd.core.checkpoint import languages, load_checkpoint
+    from evokd.deploy.export import resolve_data
+    from evokd.deploy.shortlist import ShortlistSpec
+
+    state = load_checkpoint(args.checkpoint, "CKPT")
+    src, tgt = languages(state, resolve_data(state, args.data, args.checkpoint))
+    spec = ShortlistSpec(data=args.shortlist, subset=args.shortlist_subset,
+                         best=args.shortlist_best, frequent=args.shortlist_frequent)  # fmt: skip
+    return spec.build(src, tgt)

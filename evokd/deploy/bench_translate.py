@@ -13,6 +13,9 @@ the same engine on both sides). For each system and beam:
   call of :func:`evokd.deploy.engines.translate_fairseq` (in-process,
   :mod:`evokd.core.inference`) or :func:`evokd.deploy.engines.translate_ct2`, after one
   untimed call;
+- shortlist: with a lexical shortlist (:mod:`evokd.deploy.shortlist`) every CTranslate2
+  model is exported with it, and translates with it (``use_vmap=True``), without it, or
+  both, one row each (``shortlist``: whether the row's output was restricted);
 - quality: tokenized BLEU, sacreBLEU and chrF (:mod:`evokd.core.metrics`, as ``evokd
   evaluate`` scores), and BLEU lost against the first student in fairseq at the same beam.
 
@@ -140,17 +143,23 @@ def _check_settings(beams, batch_size, max_len, latency_sentences, repeat, quant
     return beams, threads
 
 
-def _export(models, student_ct2, teacher_ct2, data, work):
-    """Every CTranslate2 system, converted: (system, (name, folder, parameters, quantization))."""
+def _export(models, student_ct2, teacher_ct2, data, work, shortlist, use_shortlist):
+    """Every CTranslate2 system, converted: (system, (name, folder, parameters, quantization,
+    whether it translates with the shortlist))."""
     from evokd.deploy.export import export_ct2
+    from evokd.deploy.shortlist import check_model
 
-    exports = [(f"{m[0]} (CTranslate2 {q})", m, q) for m in models[1:] for q in student_ct2]
-    exports += [(f"teacher (CTranslate2 {q})", models[0], q) for q in teacher_ct2]
+    exports = [(f"{m[0]} (CTranslate2 {q}", m, q) for m in models[1:] for q in student_ct2]
+    exports += [(f"teacher (CTranslate2 {q}", models[0], q) for q in teacher_ct2]
+    uses = {"on": (True,), "off": (False,), "both": (False, True)}[use_shortlist]
     ct2 = []
     for system, (name, path, params), q in exports:
         folder = work / f"{systems.slug(name)}-ct2-{q}"
-        export_ct2(path, folder, data, q, force=True)
-        ct2.append((system, (name, folder, params, q)))
+        export_ct2(path, folder, data, q, force=True, shortlist=shortlist)
+        has_one = check_model(folder)
+        for lex in uses if has_one else (False,):
+            label = f"{system}{', shortlist' if lex else ''})"
+            ct2.append((label, (name, folder, params, q, lex)))
     return ct2
 
 
@@ -217,6 +226,8 @@ def run_bench_translate(
     teacher_ct2=(),
     profile_dir=None,
     repeat=1,
+    shortlist=None,
+    use_shortlist="on",
 ):
     """Translate ``subset`` of ``data`` with every system; returns ``{"meta", "rows"}``.
 
@@ -236,6 +247,10 @@ def run_bench_translate(
     temporary folder, removed afterwards. ``repeat``: measure every system this many
     times, in rounds (each system once per round, so that a change of load on a shared
     machine hits all of them), and keep each one's fastest round and lowest latencies.
+    ``shortlist``: a :class:`evokd.deploy.shortlist.ShortlistSpec`, the shortlist built
+    once and written into every CTranslate2 model; ``use_shortlist``: ``on`` (translate
+    with it), ``off`` or ``both`` (a row each); every row's ``shortlist`` says whether its
+    output was restricted.
     """
     from evokd.deploy.export import require_ctranslate2
 
@@ -243,9 +258,13 @@ def run_bench_translate(
     students = [student] if isinstance(student, (str, os.PathLike)) else list(student)
     quantizations = [(q, "--student-ct2") for q in student_ct2]
     quantizations += [(q, "--teacher-ct2") for q in teacher_ct2]
+    if use_shortlist not in ("on", "off", "both"):
+        raise EvokdError(f"--shortlist {use_shortlist}: expected on, off or both")
     beams, threads = _check_settings(beams, batch_size, max_len, latency_sentences, repeat,
                                      quantizations, fixed_length, profile_dir, threads)  # fmt: skip
     src, tgt, n, models = _check_inputs(teacher, students, data, subset)
+    if shortlist is not None:
+        shortlist = shortlist.build(src, tgt)
     keep = work_dir is not None
     work = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="evokd-bench-translate-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -255,7 +274,7 @@ def run_bench_translate(
     if fixed_length:
         run.fix_lengths()
     try:
-        ct2 = _export(models, student_ct2, teacher_ct2, data, work)
+        ct2 = _export(models, student_ct2, teacher_ct2, data, work, shortlist, use_shortlist)
         rows = _measure(run, models, ct2, beams, work, repeat, profile_dir, keep)
     finally:
         if not keep:

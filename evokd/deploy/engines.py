@@ -88,11 +88,13 @@ def load_ct2(model_dir, threads, device="cpu"):
     )
 
 
-def translate_ct2(translator, source, *, beam, batch_size, max_len, min_len=1):
+def translate_ct2(translator, source, *, beam, batch_size, max_len, min_len=1, use_vmap=False):
     """Translate token lists with a CTranslate2 translator.
 
     Returns (hypothesis token lists, seconds of ``translate_batch``). Outputs have
-    ``min_len`` to ``max_len`` tokens, the end of sentence not counted.
+    ``min_len`` to ``max_len`` tokens, the end of sentence not counted. ``use_vmap``:
+    restrict each batch's output to the model's shortlist (``vmap.txt``,
+    :mod:`evokd.deploy.shortlist`).
     """
     start = time.perf_counter()
     results = translator.translate_batch(
@@ -103,5 +105,6 @@ def translate_ct2(translator, source, *, beam, batch_size, max_len, min_len=1):
         batch_type="examples",
         max_decoding_length=max_len,
         min_decoding_length=min_len,
+        use_vmap=use_vmap,
     )
     return [r.hypotheses[0] for r in results], time.perf_counter() - start

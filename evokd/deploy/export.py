@@ -15,7 +15,9 @@ in-process. Two things stand between it and an evokd checkpoint:
   fairseq's ``transformer`` model, which the converter supports.
 
 The model is written to ``OUT.partial`` and renamed to ``OUT`` when complete, with
-``evokd_export.json`` recording what it was made from.
+``evokd_export.json`` recording what it was made from. With a shortlist
+(:mod:`evokd.deploy.shortlist`) the folder also holds ``vmap.txt``, which CTranslate2 uses
+when translating with ``use_vmap=True``.
 """
 
 import argparse
@@ -134,7 +136,7 @@ def _check_architecture(args, checkpoint):
         )
 
 
-def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
+def export_ct2(checkpoint, out, data=None, quantization="int8", force=False, shortlist=None):
     """Convert ``checkpoint`` into the CTranslate2 model folder ``out``.
 
     ``data``: the data-bin folder with ``dict.{src}.txt`` and ``dict.{tgt}.txt`` (default:
@@ -143,7 +145,9 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
     like fairseq). An existing ``out`` is an error unless ``force``, and nothing is
     overwritten before the new model is complete. Returns the contents of
     ``evokd_export.json``: checkpoint, architecture, data, source_lang, target_lang,
-    quantization, model_bytes, ctranslate2 (its version).
+    quantization, model_bytes, ctranslate2 (its version), shortlist (None, or how the
+    :class:`evokd.deploy.shortlist.Shortlist` written as ``vmap.txt`` was built: its
+    folder, sizes and coverage); a shortlist built from other dictionaries is an error.
     """
     if quantization not in QUANTIZATIONS:
         raise EvokdError(
@@ -156,6 +160,10 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
     data = resolve_data(state, data, checkpoint)
     src, tgt = languages(state, data)
     check_dictionaries(state, checkpoint, data, src, tgt, "CKPT")
+    if shortlist is not None:
+        from evokd.deploy.shortlist import check_same_dictionaries
+
+        check_same_dictionaries(shortlist.info["data"], data, (src, tgt))
     args = _converter_args(state, data, src, tgt, checkpoint)
     _check_architecture(args, checkpoint)
 
@@ -186,7 +194,13 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False):
         "quantization": quantization,
         "model_bytes": model_size(partial),
         "ctranslate2": ctranslate2.__version__,
+        "shortlist": None if shortlist is None else shortlist.info,
     }
+    if shortlist is not None:
+        from evokd.deploy.shortlist import VMAP, check_model
+
+        (partial / VMAP).write_text(shortlist.vmap_text(), encoding="utf-8")
+        check_model(partial)
     (partial / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if out.exists():  # --force, checked above: a model folder or an empty one
         shutil.rmtree(out)

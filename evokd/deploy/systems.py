@@ -48,6 +48,7 @@ def row(system, engine, model, beam, hyps, seconds, latency):
         "bleu": None,
         "sacrebleu": None,
         "chrf": None,
+        "shortlist": False,
     }
 
 
@@ -115,24 +116,25 @@ def ct2_rows(run, beam, work, suffix, ct2, fairseq_rows):
 
     rows = []
     by_model = {r["model"]: r for r in fairseq_rows}
-    for system, (name, folder, params, q) in ct2:
+    for system, (name, folder, params, q, lex) in ct2:
         logger.info(f"bench-translate: {system}, beam {beam} on {run.device}")
         translator = engines.load_ct2(folder, run.threads, run.device)
-        call = run.ct2_call(translator, beam)
+        call = run.ct2_call(translator, beam, use_vmap=lex)
         latency = run.latency(call)
         if run.lengths is not None:
             hyps, seconds = run.batched(call, run.batches)
         else:
-            hyps, seconds = engines.translate_ct2(
-                translator, run.source, beam=beam, batch_size=run.batch_size, max_len=run.max_len
-            )
+            hyps, seconds = engines.translate_ct2(translator, run.source, beam=beam,
+                                                  batch_size=run.batch_size, max_len=run.max_len,
+                                                  use_vmap=lex)  # fmt: skip
         new = row(system, "ctranslate2", (name, folder, params, q), beam, hyps, seconds, latency)
         new.update(compute_type=translator.compute_type, model_bytes=model_size(folder))
+        new["shortlist"] = lex
         if run.lengths is not None:
             new["hypotheses_tokens"] = hyps
         else:
             lines = [remove_bpe(" ".join(h)) for h in hyps]
-            path = work / f"{folder.name}{suffix}.hyp.{run.tgt}"
+            path = work / f"{folder.name}{'-shortlist' if lex else ''}{suffix}.hyp.{run.tgt}"
             new.update(score_ct2(lines, by_model[name], run.tgt, path))
         rows.append(new)
     return rows

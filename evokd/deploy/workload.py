@@ -88,13 +88,13 @@ class Workload:
 
         return call
 
-    def ct2_call(self, translator, beam):
+    def ct2_call(self, translator, beam, use_vmap=False):
         def call(ids):
             low, high = self.limits(ids)
             source = [self.source[i] for i in ids]
             return engines.translate_ct2(translator, source, beam=beam,
                                          batch_size=self.batch_size, max_len=high,
-                                         min_len=low)  # fmt: skip
+                                         min_len=low, use_vmap=use_vmap)  # fmt: skip
 
         return call
 
