@@ -513,3 +513,32 @@ def test_shipped_plans_are_valid(path):
             assert ref in plan.stage_names or ref.startswith("checkpoints/"), (stage.name, key)
     if path.parent.parent.name == "evokd":  # the presets refer only to their own stages
         validate(plan, data_required=False)
+
+
+def test_dry_run_of_the_presets(tmp_path, monkeypatch):
+    """The tiny plan's dry run lists its steps in the order they run; the paper plan's says
+    that its data is missing and would be downloaded."""
+    monkeypatch.setenv("EVOKD_CACHE", str(tmp_path / "no-cache"))
+    _, out = chain(tmp_path, "tiny", "--dry-run")
+    steps = [line for line in out.splitlines() if line.startswith("# ")]
+    assert steps[0] == (
+        "# data data-bin/multi30k.tiny.de-en: to prepare: multi30k, from the Multi30k shipped "
+        "with evokd; no network"
+    )
+    from evokd.chain.plan import load_plan, ordered
+
+    order = [s.name for s in ordered(load_plan("tiny"))]
+    heads = [line.split(":")[0].split("] ")[1] for line in steps if line.startswith("# [")]
+    assert (
+        heads == order
+        and steps[-2].startswith("# evaluation")
+        and steps[-1].startswith("# report: results/tiny/results.md")
+    )
+    first = [i for i, line in enumerate(steps) if "teacher cache" in line][0]
+    assert "junior_student" in steps[first + 1]  # its cache just before the stage that reads it
+    assert len([line for line in out.splitlines() if "fairseq-train " in line]) == len(order)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+    _, out = chain(tmp_path, "paper", "--dry-run")
+    data_line = out.split("\n# [1/")[0].splitlines()[-1]
+    assert data_line.startswith("# data data-bin/iwslt14.tokenized.de-en: to prepare: iwslt14")
+    assert f"downloaded to {tmp_path / 'no-cache' / 'de-en.tgz'}: needs the network" in data_line

@@ -227,3 +227,99 @@ def test_progress_line_names_how_the_teacher_is_read(micro_data, tmp_path):
     (tmp_path / "checkpoints" / "teach" / "o").mkdir(parents=True)
     (tmp_path / "checkpoints" / "teach" / "o" / "checkpoint_last.pt").touch()
     assert progress.describe(plan.stage("o")).startswith("resuming, 2 epochs")
+
+
+# ---------------------------------------------------------------------------------------
+# The dry run checks what a real run checks before training, and lists every step.
+
+
+def test_dry_run_lists_every_step_in_order(micro_data, tmp_path):
+    seqkd = {"name": "s", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+             "teacher": "teacher", "seqkd": {"teacher": "teacher"},
+             "kd": {"cache": {"topk": 4}}}  # fmt: skip
+    plan = write_plan(tmp_path, micro_data, [TEACHER, seqkd])
+    _, out = chain(tmp_path, plan, "--dry-run")
+    steps = [line for line in out.splitlines() if line.startswith("#")]
+    commands = [line for line in out.splitlines() if "fairseq-train" in line.split(" ")[0]]
+    ck = tmp_path / "checkpoints" / "teach"
+    seqkd_data = f"{micro_data}.seqkd-teach-teacher"
+    assert [line.split(":")[0] for line in steps] == [
+        f"# data {micro_data}",
+        "# [1/2] teacher",
+        f"#   sequence-level KD data {seqkd_data} (to build)",
+        f"#   teacher cache {ck.relative_to(tmp_path)}/caches/teacher.{Path(seqkd_data).name}"
+        ".top4 (to build)",
+        "# [2/2] s",
+        "# evaluation",
+        "# report",
+    ]
+    assert steps[0] == f"# data {micro_data}: prepared"
+    assert len(commands) == 2 and "--save-dir checkpoints/teach/s " in commands[1]
+    assert f"{seqkd_data} --user-dir" in commands[1]
+    assert not (tmp_path / "checkpoints").exists() and not Path(seqkd_data).exists()
+
+
+def test_dry_run_fails_on_an_unreadable_teacher_and_on_other_dictionaries(
+    micro_data, teacher_ckpt, tmp_path
+):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint\n" * 10)
+    for teacher, message in [
+        (broken, f"stage s: teacher {broken}: not a readable fairseq checkpoint"),
+        # trained on other data: another dictionary
+        (teacher_ckpt, f"stage s: teacher {teacher_ckpt}: its encoder embeddings have"),
+    ]:
+        student = {"name": "s", "arch": "transformer_evokd_tiny_student", "max_epoch": 1,
+                   "teacher": str(teacher)}  # fmt: skip
+        plan = write_plan(tmp_path, micro_data, [student])
+        for dry in (["--dry-run"], []):  # the real run fails alike, before training
+            out = _rejected(tmp_path, plan, *dry)
+            assert message in out, out
+
+
+def test_dry_run_fails_on_unprepared_data(tmp_path):
+    data = tmp_path / "data-bin" / "empty"
+    data.mkdir(parents=True)
+    plan = write_plan(tmp_path, data, [TEACHER])
+    out = _rejected(tmp_path, plan, "--dry-run")
+    assert f"data folder {data} holds no binarized data (dict.*.txt)" in out
+
+
+def test_a_failed_stage_shows_its_own_error_line_then_its_log(micro_data, tmp_path):
+    missing = tmp_path / "nope.pt"
+    stage = {**TEACHER, "flags": {"init-student-from": str(missing)}}
+    plan = write_plan(tmp_path, micro_data, [stage])
+    code, out = chain(tmp_path, plan, "--no-evaluate", check=False)
+    assert code == 2
+    log = Path("checkpoints") / "teach" / "teacher" / "train.log"
+    error = (
+        f"evokd chain: error: stage teacher: evokd.core.checkpoint.CheckpointError: "
+        f"--init-student-from {missing}: no such file (expected a fairseq checkpoint .pt)\n"
+        f"training failed (exit status 1); see {log}\n"
+    )
+    assert out.endswith(error), out[-2000:]
+
+
+@pytest.mark.parametrize(
+    "log, line",
+    [
+        ("$ old\nTraceback (most recent call last):\n  x\nValueError: old\n$ cmd\nall well\n"
+         "epoch 1 | loss 3\n", "epoch 1 | loss 3"),
+        ("$ cmd\nTraceback (most recent call last):\n  File x\n    y\nKeyError: 'a'\n\n"
+         "During handling of the above exception, another exception occurred:\n\n"
+         "Traceback (most recent call last):\n  File z\nRuntimeError: second\n",
+         "RuntimeError: second"),
+        # torchrun: the evokd error of a rank, then torchrun's own traceback
+        ("$ cmd\n[rank1]: x\nTraceback (most recent call last):\n  File a\n"
+         "evokd.errors.EvokdError: --data d: bad\nTraceback (most recent call last):\n"
+         "  File b\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+         "====\n", "evokd.errors.EvokdError: --data d: bad"),
+        ("$ cmd\n", "(nothing logged)"),
+    ],
+)  # fmt: skip
+def test_failure_line(tmp_path, log, line):
+    from evokd.chain.stage import failure_line
+
+    (tmp_path / "train.log").write_text(log)
+    assert failure_line(tmp_path / "train.log") == line
+    assert failure_line(tmp_path / "absent.log") == "(no log)"

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 
 from evokd import files as steps
 from evokd.chain.plan import cache_spec, flags_to_args, kd_flags
@@ -134,7 +135,46 @@ class StageTrainer:
         """Everything about ``stage`` that can be wrong before it trains: its folder and its
         command (see :meth:`check_folder`, :meth:`check_command`)."""
         self.check_folder(stage)
-        return self.check_command(stage)
+        args = self.check_command(stage)
+        self.check_models(stage)
+        return args
+
+    def check_models(self, stage):
+        """The checkpoint files the plan names for ``stage`` (teacher, init_from, seqkd
+        teacher) are readable fairseq checkpoints on the dictionaries of its data (once the
+        data is prepared), and its teacher cache, once built, fits its teacher and data."""
+        from evokd.core.checkpoint import check_dictionaries, languages, load_checkpoint
+
+        data = next(
+            (d for d in (self.layout.stage_data(stage), self.plan.data) if has_dictionaries(d)),
+            None,
+        )
+        for key, ref in stage.references():
+            if ref in self.plan.stage_names:
+                continue
+            where = f"plan {self.plan.name}: stage {stage.name}: {key}"
+            state = load_checkpoint(ref, where)
+            if data is not None:
+                src, tgt = languages(state, data)
+                check_dictionaries(state, ref, data, src, tgt, where)
+        self.check_cache(stage)
+
+    def check_cache(self, stage):
+        """A teacher cache already built for ``stage`` fits its teacher, data and K."""
+        cache = self.layout.cache_dir(stage)
+        if cache is None or not cache.is_dir():
+            return
+        teacher = self.layout.best_checkpoint(stage.teacher)
+        if not teacher.is_file():
+            return
+        from fairseq.data.data_utils import infer_language_pair
+
+        from evokd.teachers.cache import TeacherCache
+
+        data = self.layout.stage_data(stage)
+        src, tgt = infer_language_pair(data)
+        topk = int(self.train_flags(stage)["kd-topk"])
+        TeacherCache(cache).check(str(teacher), data, "train", src, tgt, topk)
 
     def check_folder(self, stage):
         """A folder holding another stage's record is never reused, nor a finished stage's
@@ -223,7 +263,11 @@ class StageTrainer:
                 raise EvokdError(
                     f"stage {stage.name}: {folder} is being trained by another process"
                 ) from exc
-            run_logged(cmd, self.layout.train_log(stage), stream=self.verbose)
+            log = self.layout.train_log(stage)
+            try:
+                run_logged(cmd, log, stream=self.verbose)
+            except EvokdError as exc:
+                raise EvokdError(f"stage {stage.name}: {failure_line(log)}\n{exc}") from None
         if not writes:
             return record
         record.update(finished=True, **training_stats(folder))
@@ -232,6 +276,32 @@ class StageTrainer:
         record["wall_seconds"] = record.get("train_seconds") or time.time() - start
         steps.write_json(self.layout.stage_record_path(stage), record)
         return record
+
+
+def has_dictionaries(data):
+    return data is not None and any(Path(data).glob("dict.*.txt"))
+
+
+def failure_line(log):
+    """Why the last run logged in ``log`` failed, in its own words: the exception line of
+    an evokd error, else of the last traceback, else the last line written."""
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    lines = text.rsplit("\n$ ", 1)[-1].splitlines()[1:]  # after the command's own line
+    ends, in_traceback = [], False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and line.strip() and not line[0].isspace():
+            ends.append(line.strip())
+            in_traceback = False
+    ours = [line for line in ends if line.startswith("evokd.") or "EvokdError" in line]
+    if ours or ends:
+        return (ours or ends)[-1]
+    rest = [line.strip() for line in lines if line.strip()]
+    return rest[-1] if rest else "(nothing logged)"
 
 
 def start_from_training_state(source, folder):

@@ -130,18 +130,6 @@ def load(args):
     return plan
 
 
-def print_commands(chain, stages):
-    import shlex
-
-    from evokd.chain.plan import ordered
-
-    for stage in ordered(chain.plan):
-        if not stages or stage.name in stages:
-            state = "finished" if chain.trainer.is_finished(stage) else "to train"
-            print(f"# {stage.name} ({state})")
-            print(shlex.join(chain.trainer.train_command(stage)))
-
-
 def run(args):
     from evokd.chain.plan import validate
     from evokd.chain.report import markdown_table
@@ -151,9 +139,10 @@ def run(args):
     seeds = args.seeds or plan.seeds or [None]
     chains = [build_chain(args, plan, seed) for seed in seeds]
     if args.dry_run:
+        from evokd.chain.dry_run import dry_run
+
         for chain in chains:
-            chain.check(plan.stages, data_required=False)
-            print_commands(chain, args.stage)
+            print("\n".join(dry_run(chain, args.stage, evaluate=not args.no_evaluate)))
         return 0
     for chain in chains:  # every seed's commands parse before the first stage trains
         chain.check(plan.stages, data_required=False)
