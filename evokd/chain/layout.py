@@ -5,6 +5,9 @@ CHECKPOINTS/RUN/STAGE/evokd_stage.json   the stage's record
 CHECKPOINTS/RUN/STAGE/train.log     fairseq's output
 CHECKPOINTS/RUN/caches/TEACHER.DATA.topK   a teacher cache of a (teacher, data) pair
 CHECKPOINTS/RUN/steps/KIND-NAME.json       the record of a teacher step
+CHECKPOINTS/RUN/jobs/KIND-NAME.json        when and in which job slot a step last ran
+CHECKPOINTS/RUN/jobs/slurm.json            the Slurm job id of every submitted step
+CHECKPOINTS/RUN/jobs/KIND-NAME.sbatch, .log   a step's Slurm job script and its output
 DATA.seqkd-RUN-TEACHER[+refs]        sequence-level KD data, beside the plan's data
 RESULTS/RUN/stages/STAGE.json        a stage's evaluation
 RESULTS/RUN/results.{json,md,png}    the report
@@ -83,6 +86,18 @@ class Layout:
     def step_record_path(self, kind, name):
         """The record of a teacher step (``cache`` or ``distill``) that made ``name``."""
         return self.steps_dir / f"{kind}-{name}.json"
+
+    @property
+    def jobs_dir(self):
+        return self.checkpoints / "jobs"
+
+    def job_path(self, key, suffix=".json"):
+        """A step's file in the jobs folder: ``stage:NAME`` -> ``jobs/stage-NAME.json``."""
+        return self.jobs_dir / (key.replace(":", "-", 1) + suffix)
+
+    @property
+    def slurm_jobs_path(self):
+        return self.jobs_dir / "slurm.json"
 
     def evaluation_path(self, stage):
         return self.results / "stages" / f"{stage.name}.json"

@@ -16,6 +16,7 @@ shared by every stage with the same teacher and data.
 import fcntl
 import logging
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -191,13 +192,22 @@ class Chain:
         """Run the one step ``key`` of the chain (what a Slurm job runs): its prerequisites
         must be finished."""
         stages = self.stages()
-        graph = schedule.steps_of(self.layout, stages, self.trainer.is_finished)
-        step = schedule.find(graph, key)
+        step = schedule.find(schedule.steps_of(self.layout, stages), key)
         self.prepare_data()
         self.check([step.stage])
         if not self.trainer.is_finished(step.stage):
             self.check_prerequisites(step.stage, hint)
         StepRunner(self, stages, 1, hint)(step, 1)
+
+    def step_done(self, step):
+        """Whether a step of :func:`evokd.chain.schedule.steps_of` has finished: a stage's
+        record, a cache's step record, distilled data's own record."""
+        if step.kind == "stage":
+            return self.trainer.is_finished(step.stage)
+        if step.kind == "cache":
+            folder = self.layout.cache_dir(step.stage)
+            return folder.is_dir() and self.layout.step_record_path("cache", step.name).is_file()
+        return (Path(self.layout.stage_data(step.stage)) / "distill.json").is_file()
 
     def prepare_data(self):
         """Build the plan's data with ``evokd prepare`` if it is not there yet."""
@@ -258,21 +268,36 @@ class StepRunner:
         return torch_threads(threads)
 
     def __call__(self, step, slot):
+        """Run ``step`` in job ``slot``; a step that ran records when, and where, in
+        ``jobs/KIND-NAME.json``."""
+        started = time.time()
+        ran = self.run(step, slot)
+        if ran:
+            record = {"step": step.key, "slot": slot, "jobs": self.jobs, "started": started}
+            record.update(ended=time.time(), host=socket.gethostname())
+            record["slurm_job"] = os.environ.get("SLURM_JOB_ID")
+            path = self.chain.layout.job_path(step.key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            steps.write_json(path, record)
+
+    def run(self, step, slot):
+        """Run ``step``; False for a stage finished earlier."""
         chain = self.chain
         tag = f" (job {slot})" if self.jobs > 1 else ""
         if step.kind in ("cache", "distill"):
             build = chain.build_cache if step.kind == "cache" else chain.distill
-            return build(step.stage, tag=tag) if tag else build(step.stage)
+            build(step.stage, tag=tag) if tag else build(step.stage)
+            return True
         stage = step.stage
         head = f"[{self.stages.index(stage) + 1}/{len(self.stages)}] {stage.name}{tag}"
         trainer = self.trainers[slot - 1]
         if trainer.is_finished(stage):
             chain.progress(f"{head}: finished earlier, skipped")
-            return None
+            return False
         chain.check_prerequisites(stage, self.hint)
         log = chain.layout.train_log(stage)
         chain.progress(f"{head}: {self.progress.describe(stage)}; log: {log}")
         started = time.time()
         record = trainer.train(stage)
         chain.progress(f"{head}: {self.progress.finished(stage, record, time.time() - started)}")
-        return record
+        return True

@@ -86,7 +86,55 @@ def add_arguments(parser):
         help="run every check of a real run before training (plan, data, teacher files, "
         "dictionaries, caches) and print every step in order with its command; train nothing",
     )
+    add_scheduler_arguments(parser)
     add_passthrough_usage(parser)
+
+
+def add_scheduler_arguments(parser):
+    group = parser.add_argument_group("several steps at once, or on Slurm")
+    group.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="run every step (stage, teacher cache, distilled data) whose prerequisites are "
+        "finished, up to N at a time, the machine divided between them: the GPUs (--gpus "
+        "each, default an equal share), or on the CPU --threads each. A failed step stops "
+        "the steps that need it; the others finish. Default: the plan's 'jobs', else 1",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads of each training process (OMP_NUM_THREADS). Default: torch's "
+        "with one job, cores // jobs with several. The same threads give the same "
+        "checkpoints, whatever runs beside",
+    )
+    group.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default="local",
+        help="slurm: submit every step as a Slurm job (sbatch) after the jobs of the steps it "
+        "needs, with the plan's 'slurm:' resources, then the report after them all; again: "
+        "submits only what is neither finished nor queued. With --dry-run: print the "
+        "sbatch scripts (default: local)",
+    )
+    group.add_argument(
+        "--status",
+        action="store_true",
+        help="with --launcher slurm: each step's job id and state",
+    )
+    group.add_argument(
+        "--requeue",
+        action="store_true",
+        help="with --launcher slurm: a preempted job, or one near its time limit, is "
+        "requeued and resumes from its checkpoint_last.pt",
+    )
+    group.add_argument(
+        "--step",
+        metavar="KIND:NAME",
+        help="run one step of the chain, as a Slurm job does: stage:NAME, cache:FOLDER or "
+        "distill:FOLDER; its prerequisites must be finished",
+    )
 
 
 def _progress(line):
@@ -98,7 +146,9 @@ def build_chain(args, plan, seed=None):
     from evokd.core.devices import Devices
 
     extra = list(getattr(args, "passthrough", []))
-    devices = Devices(gpus=args.gpus, master_port=args.master_port)
+    devices = Devices(
+        gpus=args.gpus, master_port=args.master_port, threads=getattr(args, "threads", None)
+    )
     run_name = args.run or plan.name
     stage_dirs = {}
     if seed is not None:
@@ -138,6 +188,8 @@ def run(args):
     plan = load(args)
     seeds = args.seeds or plan.seeds or [None]
     chains = [build_chain(args, plan, seed) for seed in seeds]
+    if args.step or args.status or args.launcher == "slurm":
+        return run_scheduled(args, plan, chains, seeds)
     if args.dry_run:
         from evokd.chain.dry_run import dry_run
 
@@ -152,7 +204,9 @@ def run(args):
             validate(plan)
             rows[chain.seed] = chain.report()
         else:
-            rows[chain.seed] = chain.run(only=args.stage, evaluate=not args.no_evaluate)
+            rows[chain.seed] = chain.run(
+                only=args.stage, evaluate=not args.no_evaluate, jobs=args.jobs or plan.jobs
+            )
         if rows[chain.seed]:
             print(markdown_table(rows[chain.seed]))
             print(f"\nresults: {chain.layout.results}/results.md, results.json, results.png")
@@ -161,3 +215,56 @@ def run(args):
         print(report_seeds(plan, rows, results))
         print(f"\nover {len(chains)} seeds: {results}/results.md")
     return 0
+
+
+def run_scheduled(args, plan, chains, seeds):
+    """``--step``: one step of one chain; ``--launcher slurm``: submit (``--dry-run``: print
+    the scripts; ``--status``: the jobs' states)."""
+    from evokd.chain.plan import validate
+    from evokd.chain.slurm import SlurmChain
+    from evokd.errors import EvokdError
+
+    if args.step:
+        if len(chains) > 1:
+            raise EvokdError("--step runs one step of one run: give one seed (--seeds S)")
+        chains[0].run_step(args.step)
+        return 0
+    if args.launcher != "slurm":
+        raise EvokdError("--status and --requeue are for --launcher slurm")
+    for chain, seed in zip(chains, seeds):
+        slurm = SlurmChain(chain, step_command(args, plan, seed), requeue=args.requeue)
+        if args.status:
+            for key, job, state in slurm.status():
+                print(f"{key:40} {job:>10}  {state}")
+            continue
+        if not args.dry_run:
+            chain.prepare_data()
+            validate(plan)
+        chain.check(chain.stages(), data_required=not args.dry_run)
+        slurm.submit(dry_run=args.dry_run)
+    return 0
+
+
+def step_command(args, plan, seed):
+    """``command(key, gpus)``: the ``evokd chain`` command line that runs step ``key`` of
+    this run (``report``: the evaluation and report) with ``gpus`` processes."""
+    from evokd.core.devices import script
+
+    base = [script("evokd"), "chain", "--plan", plan.path, "--checkpoints", args.checkpoints]
+    base += ["--results", args.results, "--master-port", str(args.master_port)]
+    for flag, value in (("--run", args.run), ("--data", args.data), ("--threads", args.threads)):
+        if value is not None:
+            base += [flag, str(value)]
+    if seed is not None:
+        base += ["--seeds", str(seed)]
+    if args.verbose:
+        base.append("--verbose")
+    passthrough = list(getattr(args, "passthrough", []))
+
+    def command(key, gpus=None):
+        gpus = gpus if gpus is not None else args.gpus
+        cmd = base + (["--gpus", str(gpus)] if gpus is not None else [])
+        cmd += ["--evaluate-only"] if key == "report" else ["--step", key]
+        return cmd + (["--", *passthrough] if passthrough else [])
+
+    return command
