@@ -323,3 +323,61 @@ def test_failure_line(tmp_path, log, line):
     (tmp_path / "train.log").write_text(log)
     assert failure_line(tmp_path / "train.log") == line
     assert failure_line(tmp_path / "absent.log") == "(no log)"
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM: one line that says how to resume, the training process gone with it.
+
+
+def _processes_naming(*texts):
+    """Ids of the running processes whose command line holds all ``texts``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if proc.name.isdigit() and all(text in cmdline for text in texts):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize("signum, code, said", [
+    (2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)"),
+])  # fmt: skip
+def test_a_signal_ends_the_chain_with_the_resume_line(micro_data, tmp_path, signum, code, said):
+    import subprocess
+    import threading
+    import time
+
+    stage = {**TEACHER, "max_epoch": 2}
+    plan = write_plan(tmp_path, micro_data, [stage])
+    argv = ["chain", "--plan", str(plan), "--no-evaluate"]
+    proc = subprocess.Popen(
+        utils.fairseq_script("evokd") + argv, cwd=tmp_path, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    trainer = (str(micro_data), "--save-dir checkpoints/teach/teacher ")  # fairseq-train's
+    deadline = time.time() + 300
+    while not (
+        any(line.startswith("[1/1] teacher: training") for line in lines)
+        and _processes_naming(*trainer)
+    ):
+        assert proc.poll() is None and time.time() < deadline, "".join(lines)
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == code
+    reader.join(timeout=10)
+    resume = f"evokd chain: {said}; finished work is kept: 'evokd {' '.join(argv)}' resumes\n"
+    assert lines[-1] == resume and not any("Traceback" in line for line in lines), lines
+    deadline = time.time() + 10
+    while _processes_naming(*trainer) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _processes_naming(*trainer) == []  # fairseq-train went with it
+    assert not record(tmp_path, "teach", "teacher")["finished"]
+    _, out = chain(tmp_path, plan, "--no-evaluate")
+    assert record(tmp_path, "teach", "teacher")["finished"]
+    assert "[1/1] teacher: training, 2 epochs" in out or "resuming" in out
