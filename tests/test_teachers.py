@@ -8,14 +8,8 @@ check the plumbing: every pair aligned, counts and policies in the metadata, kil
 equal to an uninterrupted run, and the errors.
 """
 
-import gzip
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,15 +22,10 @@ from evokd.data.prepare import prepare  # noqa: E402
 from evokd.errors import EvokdError  # noqa: E402
 from evokd.teachers import text  # noqa: E402
 from tests import faults, utils  # noqa: E402
+from tests.llm import OFFLINE, corpus_lines, free_port, llama, serve  # noqa: E402
 
 N_TRAIN = 48
 BIN = Path(sys.executable).parent
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-
-
-def corpus_lines(lang, n=300):
-    with gzip.open(utils.CORPUS / f"train.{lang}.gz", "rt", encoding="utf-8") as f:
-        return [next(f).strip() for _ in range(n)]
 
 
 def marian(root, eos_bias):
@@ -81,37 +70,6 @@ def convert(folder, out):
            str(out), "--copy_files", "source.spm", "target.spm"]  # fmt: skip
     utils.run(cmd, env=OFFLINE)
     return out
-
-
-def llama(root):
-    """A 1-layer Llama-style causal LM with a byte-level BPE tokenizer and a chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
-    bpe.train_from_iterator(corpus_lines("de") + corpus_lines("en"), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<pad>")  # fmt: skip
-    tok.chat_template = (
-        "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
-        "{% if add_generation_prompt %}<s>assistant:{% endif %}"
-    )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    folder = root / "llama"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -278,42 +236,11 @@ def test_huggingface_teachers(world, evokd_main, tmp_path):
     assert info(tmp_path / "hf")["counts"]["empty"] == N_TRAIN  # a translation of nothing
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(world):
     """`transformers serve` on the tiny LM folder, offline, on 127.0.0.1; stopped after."""
-    serve = BIN / "transformers"
-    if not serve.exists():
-        pytest.skip(
-            "transformers' serve command is not installed (pip install 'transformers[serving]')"
-        )
-    port = free_port()
-    cmd = [str(serve), "serve", str(world["llm"]), "--host", "127.0.0.1", "--port", str(port),
-           "--device", "cpu", "--log-level", "warning"]  # fmt: skip
-    log = open(world["root"] / "serve.log", "w")
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE}
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail((world["root"] / "serve.log").read_text()[-2000:])
-                time.sleep(0.5)
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with serve(world["llm"], world["root"] / "serve.log") as url:
+        yield url
 
 
 def test_server_teacher(world, server, evokd_main, tmp_path):

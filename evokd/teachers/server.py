@@ -121,10 +121,10 @@ class ServerTeacher(TextTeacher):
         """``(reply text, finish reason)`` for one sentence, from the cache or the server."""
         return read_answer(self.answer(self.body(source)))
 
-    def answer(self, body, **extra):
-        """The server's JSON answer to ``body``, from the reply cache (keyed by ``body`` and
-        ``extra``) or the server; counted in :attr:`usage`."""
-        path = self.cache_path(body, **extra)
+    def answer(self, body, sample=None):
+        """The server's JSON answer to ``body``, from the reply cache (keyed by ``body``, and
+        ``sample`` when given) or the server; counted in :attr:`usage`."""
+        path = self.cache_path(body) if sample is None else self.cache_path(body, sample=sample)
         if path is not None and path.is_file():
             with self.lock:
                 self.cached += 1
@@ -149,18 +149,18 @@ class ServerTeacher(TextTeacher):
     def complete(self, prompts, max_tokens, temperature=0.0, samples=1):
         """See :meth:`TextTeacher.complete`: one request per prompt and sample, at most
         ``settings.concurrency`` at once; the sample number is part of the cache key."""
-        body = {"model": self.settings.model, "max_tokens": max_tokens, "temperature": temperature}
-        jobs = []
-        for prompt in prompts:
-            if self.settings.api == "chat":
-                ask = dict(body, messages=[{"role": "user", "content": prompt}])
-            else:
-                ask = dict(body, prompt=prompt)
-            jobs += [(ask, k) for k in range(samples)]
+        jobs = [(self.prompt_body(p, max_tokens, temperature), k) for p in prompts
+                for k in range(samples)]  # fmt: skip
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            answers = list(pool.map(lambda job: self.answer(job[0], sample=job[1]), jobs))
-        texts = [read_answer(answer)[0] for answer in answers]
+            texts = list(pool.map(lambda job: read_answer(self.answer(*job))[0], jobs))
         return [texts[i : i + samples] for i in range(0, len(texts), samples)]
+
+    def prompt_body(self, prompt, max_tokens, temperature):
+        """The request for ``prompt`` as :meth:`complete` sends it."""
+        body = {"model": self.settings.model, "max_tokens": max_tokens, "temperature": temperature}
+        if self.settings.api == "chat":
+            return dict(body, messages=[{"role": "user", "content": prompt}])
+        return dict(body, prompt=prompt)
 
     def translate_batch(self, sources):
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
