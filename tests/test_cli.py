@@ -87,3 +87,42 @@ def test_evaluate_a_stage_folder(evokd_main, data_bin, teacher_ckpt, tmp_path):
     (stage / "checkpoint_last.pt").unlink()
     code, out, err = evokd_main("evaluate", stage, "--data", data_bin)
     assert code == 2 and f"CHECKPOINT {stage}: a folder holding no checkpoint (*.pt)" in err
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    import os
+
+    import pytest
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (the full disk) needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        out = disk / "micro"
+        argv = ["prepare", "multi30k", "--out", str(out), "--train-size", "300"]
+        argv += ["--eval-size", "30", "--vocab-size", "400"]
+        from tests import utils
+
+        done = subprocess.run(
+            utils.fairseq_script("evokd") + argv, cwd=tmp_path, capture_output=True, text=True
+        )
+        written = sorted(p for p in out.rglob("*") if p.is_file())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"evokd prepare: error: {out}/") and last.endswith(
+        ".partial: No space left on device"
+    ), last
+    assert Path(last.split(": ")[2]) in written  # the file it was writing
+    # nothing published: only unfinished files, and the mark of an unfinished preparation
+    assert written and all(p.name.endswith(".partial") or p.name.startswith(".") for p in written)

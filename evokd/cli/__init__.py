@@ -12,6 +12,7 @@ interrupted and the command that resumes it (exit 130 and 143). ``--verbose`` (o
 
 import argparse
 import importlib
+import io
 import logging
 import os
 import shlex
@@ -120,6 +121,7 @@ def main(argv=None):
         return _fail(args, f"error: {exc}", 2)
     except OSError as exc:  # a full disk, a permission, a missing file: the file and the cause
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        where = where or file_in_use(exc.__traceback__) or ""
         cause = exc.strerror or str(exc)
         return _fail(args, f"error: {where + ': ' if where else ''}{cause}", 1)
     except Terminated:
@@ -129,6 +131,25 @@ def main(argv=None):
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def file_in_use(tb):
+    """The file a write or read without a file name in its error (a full disk fails in
+    ``write`` or ``close``) was on: the open or just closed file object nearest to where
+    the error was raised, a file being written before one being read; None if none."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for writing in (True, False):
+        for frame in reversed(frames):
+            for value in frame.f_locals.values():
+                name, mode = getattr(value, "name", None), getattr(value, "mode", "")
+                if not isinstance(value, io.IOBase) or not isinstance(name, str):
+                    continue
+                if not writing or any(c in str(mode) for c in "wax+"):
+                    return name
+    return None
 
 
 def _fail(args, message, code):
