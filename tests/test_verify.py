@@ -149,3 +149,21 @@ def test_out_equal_to_or_inside_data_is_refused(distilled, teacher_ckpt, evokd_m
         assert code == 2 and f"--out {out}: {how} the input --data {distilled}" in err
         assert "give another --out" in err and "remove it to rebuild" not in err
     assert sorted(p.relative_to(distilled) for p in distilled.rglob("*")) == before
+
+
+def test_damaged_mckd_half_is_refused(data_bin, tmp_path):
+    """The halves of MCKD's first stage carry their digests in split.json; a rerun (what
+    trains the first students) verifies them. Later halves are distill-data's folders."""
+    from evokd.methods.mckd.relabel import Relabelling
+
+    out = tmp_path / "mckd"
+    shutil.copytree(data_bin, out / "labels" / "teacher")  # as if the teacher relabelled
+    settings = {"teacher": "unused.pt", "data": str(data_bin), "source_lang": "de",
+                "target_lang": "en", "pair": "de-en", "seed": 1}  # fmt: skip
+    ids = Relabelling(out, settings, devices=None).split(200)
+    assert Relabelling(out, settings, devices=None).split(200) == ids  # intact: verified
+    target = out / "labels" / "stage1" / "A" / "train.de-en.en.bin"
+    damage(target)
+    named = rf"mckd: {out}/labels/stage1/A: {target} is damaged .*rerun to split again"
+    with pytest.raises(EvokdError, match=named):
+        Relabelling(out, settings, devices=None).split(200)

@@ -27,9 +27,8 @@ numpy's RNG under the fixed seed :data:`evokd.core.inference.ORDER_SEED` (the sa
 process and every run, whatever the global RNG), cut at ``max_tokens``, the batches grouped
 into chunks. The dataset is written in id order. A rerun on a finished ``OUT`` made with the
 same settings verifies it and does nothing; with other settings it is an error naming them.
-:func:`open_distilled`, which every evokd reader of a distilled folder goes through (the
-rerun, the chain, ``evokd mckd``, ``evokd verify``), checks every file against its recorded
-sha256 and counts the pairs.
+:func:`open_distilled` (what the rerun, ``evokd mckd`` and ``evokd verify`` open a distilled
+folder with) checks every file against its recorded sha256 and counts the pairs.
 """
 
 import functools

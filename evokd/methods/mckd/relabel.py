@@ -195,7 +195,9 @@ class Relabelling:
                     {IDS: "".join(f"{i}\n" for i in mine)},
                 )
             seconds = round(time.perf_counter() - start, 2)
-            steps.write_json(path, {"seed": seed, "n": n, **ids, "seconds": seconds})
+            digests = {h: steps.payload_digests(self.labels(1, h)) for h in HALVES}
+            record = {"seed": seed, "n": n, **ids, "seconds": seconds, steps.PAYLOAD: digests}
+            steps.write_json(path, record)
 
         seconds = lambda: steps.read_json(path)["seconds"]  # noqa: E731
         self._step("split in halves", path, path.is_file, work, seconds)
@@ -203,6 +205,10 @@ class Relabelling:
         if {h: recorded[h] for h in HALVES} != ids:
             raise EvokdError(f"mckd: {path}: other halves than seed {seed} gives; remove it")
         for half in HALVES:
+            folder = self.labels(1, half)
+            if steps.PAYLOAD in recorded:  # each half as split.json recorded it
+                hint = f"remove {folder} and {path} and rerun to split again"
+                steps.verify_payload(f"mckd: {folder}", folder, recorded[steps.PAYLOAD][half], hint)
             self.check_half(1, half, ids[half])
         return ids
 
