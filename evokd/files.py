@@ -4,13 +4,15 @@ that an output was made with the settings asked for.
 The one module that replaces files (``os.replace``): :func:`write_json`, :func:`write_png`,
 :func:`publish` (rename a finished ``OUT.partial`` into place). :func:`check_settings` and
 :func:`check_files_and_settings` refuse an output made with other settings and name every
-difference; :func:`claim` makes a folder an output of one kind. The chunked, resumable
+difference; :func:`claim` makes a folder an output of one kind; :func:`check_name` keeps a name
+that becomes a folder a name. The chunked, resumable
 builder that uses them is :mod:`evokd.core.build`.
 """
 
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,19 @@ def verify_payload(where, folder, recorded, hint=REBUILD):
                 f"{where}: {path} is damaged (its sha256 differs from the one recorded when it "
                 f"was built); {hint}"
             )
+
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # a name that becomes a folder
+NAME_RULE = (
+    "letters, digits, '_', '-' and '.' only, not starting with '-', and not '.' or '..' "
+    "(it names a folder)"
+)
+
+
+def check_name(what, name):
+    """``name`` (of a plan, a stage or a run) as a folder name that stays a name: never a
+    path, nor a path component such as ``..``, nor a flag. Raises an error giving the rule."""
+    name = str(name)
+    if not NAME.match(name) or name in (".", "..") or name.startswith("-"):
+        raise EvokdError(f"{what} {name!r}: a name may use {NAME_RULE}")
+    return name

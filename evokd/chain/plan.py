@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from evokd.errors import EvokdError
+from evokd.files import check_name
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "plans"
 STAGE_KEYS = {"name", "arch", "teacher", "init_from", "max_epoch", "max_update", "kd", "flags"}
@@ -39,20 +40,6 @@ PLAN_KEYS = {"name", "description", "data", "prepare", "train", "kd", "evaluate"
 PLAN_KEYS |= {"seeds", "shared", "compare", "slurm", "jobs"}
 # a job's resources under Slurm (``slurm:`` in a plan, or over it in a stage)
 SLURM_KEYS = {"partition", "time", "gpus", "cpus", "mem", "nodes", "options"}
-NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-NAME_RULE = (
-    "letters, digits, '_', '-' and '.' only, not starting with '-', and not '.' or '..' "
-    "(it names a folder)"
-)
-
-
-def check_name(what, name):
-    """``name`` (of a plan, a stage or a run) as a folder name that stays a name: never a
-    path, nor a path component such as ``..``, nor a flag. Raises an error giving the rule."""
-    name = str(name)
-    if not NAME.match(name) or name in (".", "..") or name.startswith("-"):
-        raise EvokdError(f"{what} {name!r}: a name may use {NAME_RULE}")
-    return name
 
 
 @dataclass

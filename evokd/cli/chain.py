@@ -170,7 +170,8 @@ def build_chain(args, plan, seed=None):
 
 
 def load(args):
-    from evokd.chain.plan import check_name, load_plan
+    from evokd.chain.plan import load_plan
+    from evokd.files import check_name
 
     if getattr(args, "run", None):
         check_name("--run", args.run)
