@@ -158,7 +158,7 @@ class SlurmChain:
         text = self.script(key, step, after)
         if dry_run:
             out(f"# {key}\n{text}")
-            return f"<{key}>"
+            return f"<{key.replace(':', '-')}>"  # the job id to come
         path = self.layout.job_path(key, ".sbatch")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

@@ -238,10 +238,11 @@ def run_scheduled(args, plan, chains, seeds):
             for key, job, state in slurm.status():
                 print(f"{key:40} {job:>10}  {state}")
             continue
-        if not args.dry_run:
+        chain.check(chain.stages(), data_required=False)  # a bad plan fails before data
+        if not args.dry_run:  # prepared here once, not by the first jobs at once
             chain.prepare_data()
             validate(plan)
-        chain.check(chain.stages(), data_required=not args.dry_run)
+            chain.check(chain.stages())
         slurm.submit(dry_run=args.dry_run)
     return 0
 
