@@ -151,9 +151,10 @@ def test_out_equal_to_or_inside_data_is_refused(distilled, teacher_ckpt, evokd_m
     assert sorted(p.relative_to(distilled) for p in distilled.rglob("*")) == before
 
 
-def test_damaged_mckd_half_is_refused(data_bin, tmp_path):
-    """The halves of MCKD's first stage carry their digests in split.json; a rerun (what
-    trains the first students) verifies them. Later halves are distill-data's folders."""
+def test_damaged_mckd_halves_and_merge_are_refused(data_bin, tmp_path):
+    """The halves of MCKD's first stage carry their digests in split.json, the merged labels
+    theirs in merge.json; a rerun verifies them before a student trains on them. The other
+    label folders are distill-data's."""
     from evokd.methods.mckd.relabel import Relabelling
 
     out = tmp_path / "mckd"
@@ -167,3 +168,14 @@ def test_damaged_mckd_half_is_refused(data_bin, tmp_path):
     named = rf"mckd: {out}/labels/stage1/A: {target} is damaged .*rerun to split again"
     with pytest.raises(EvokdError, match=named):
         Relabelling(out, settings, devices=None).split(200)
+    shutil.rmtree(target.parent)  # split again: then merge the halves into labels/final
+    (out / "split.json").unlink()
+    run = Relabelling(out, settings, devices=None)
+    run.merge(1, run.split(200))
+    run.merge(1, ids)  # intact: verified
+    merged = out / "labels" / "final" / "train.de-en.de.bin"
+    damage(merged)
+    with pytest.raises(
+        EvokdError, match=rf"mckd: {merged.parent}: {merged} is damaged .*merge again"
+    ):
+        run.merge(1, ids)

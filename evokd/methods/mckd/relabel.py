@@ -232,9 +232,15 @@ class Relabelling:
             info = {"labels": {h: str(self.labels(k, h)) for h in HALVES}, "pairs": n}
             info["seconds"] = round(time.perf_counter() - start, 2)
             self.write_folder(dest, sources, targets, {MERGED: json.dumps(info, indent=2)})
+            info[steps.PAYLOAD] = steps.payload_digests(dest, skip=(MERGED,))
+            steps.write_json(dest / MERGED, info)
 
         seconds = lambda: steps.read_json(dest / MERGED)["seconds"]  # noqa: E731
         self._step("merge the halves", dest, dest.is_dir, work, seconds)
+        digests = steps.read_json(dest / MERGED).get(steps.PAYLOAD)
+        if digests:  # as merge.json recorded them
+            hint = f"remove {dest} and rerun to merge again"
+            steps.verify_payload(f"mckd: {dest}", dest, digests, hint)
         n = sum(len(v) for v in ids.values())
         check_count(f"mckd: {dest}", _pairs(dest, self.pair, self.tgt), n)
 
