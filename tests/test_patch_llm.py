@@ -17,9 +17,10 @@ from evokd.data import load_encoder  # noqa: E402
 from evokd.data.prepare import prepare  # noqa: E402
 from evokd.errors import EvokdError  # noqa: E402
 from evokd.files import read_json, write_json  # noqa: E402
-from evokd.methods.patch import run_patch  # noqa: E402
+from evokd.methods.patch import STEPS, run_patch  # noqa: E402
 from evokd.methods.patch.llm import Prompts, parse_analogy, parse_feedback, parse_sentence  # noqa: E402
-from evokd.methods.patch.workspace import read_jsonl  # noqa: E402
+from evokd.methods.patch.llm_steps import write_report  # noqa: E402
+from evokd.methods.patch.workspace import Workspace, read_jsonl  # noqa: E402
 from evokd.teachers import text  # noqa: E402
 from tests import faults, utils  # noqa: E402
 from tests.llm import corpus_lines, free_port, llama, serve  # noqa: E402
@@ -108,8 +109,38 @@ def test_prompts_are_files_a_user_overrides(tmp_path):
         Prompts(tmp_path / "missing", "de", "en")
 
 
+def test_report_reads_the_step_records(tmp_path):
+    ws = Workspace(tmp_path)
+    (tmp_path / "steps").mkdir()
+    records = {
+        "translate": {"judged": 20, "flagged": 6, "unparsed": 3,
+                      "llm": {"calls": 20, "cached": 0, "seconds": 1.5, "prompt_tokens": 900,
+                              "completion_tokens": 300}},
+        "synthesize": {"unparsed": 2, "written": 10, "kept": 7,
+                       "llm": {"calls": 12, "cached": 4, "seconds": 0.25, "prompt_tokens": 600,
+                               "completion_tokens": 100}},
+        "analogy": {"unparsed": 1, "words": 8, "unparsed_contexts": 5, "written": 11, "kept": 9,
+                    "llm": {"calls": 30, "cached": 0, "seconds": 2.0, "prompt_tokens": 0,
+                            "completion_tokens": 0}},
+        "train": {"student": {"bleu": 12.5}, "patched": {"bleu": 13.25}},
+    }  # fmt: skip
+    for step, stats in records.items():
+        write_json(ws.record_path(step), {"step": step, "finished": True, "stats": stats})
+    assert write_report(ws) == read_json(tmp_path / "report.json") == {
+        "judged": 20, "flagged": 6,
+        "unparsed": {"feedback": 3, "synthesis": 2, "analogy": 1, "contexts": 5},
+        "contexts": {"written": 10, "kept": 7},
+        "analogies": {"words": 8, "written": 11, "kept": 9},
+        "calls": {"calls": 62, "cached": 4, "seconds": 3.75, "prompt_tokens": 1500,
+                  "completion_tokens": 400},
+        "bleu": {"before": 12.5, "after": 13.25},
+    }  # fmt: skip
+
+
 # --- the pipeline against a served model -----------------------------------------------------
 
+SETTINGS = {"cpu": True, "beam": 1, "max_len_a": 0.0, "max_len_b": 6, "chunk_size": 4,
+            "llm_max_tokens": 8, "llm_samples": 2, "analogy_k": 2}  # fmt: skip
 FAST = ["--cpu", "--beam", "1", "--max-len-a", "0", "--max-len-b", "6", "--chunk-size", "4",
         "--llm-max-tokens", "8", "--llm-samples", "2", "--analogy-k", "2"]  # fmt: skip
 
@@ -219,16 +250,10 @@ def test_whole_pipeline_with_recorded_replies(world, judged, tmp_path):
     )
     record(teacher, teacher.body(sentence), "It is here.")
 
-    out = tmp_path / "patched"
-    plan = tmp_path / "plan.yaml"  # JSON is YAML
-    plan.write_text(json.dumps({
-        "name": "t", "data": "unused",
-        "train": {"optimizer": "adam", "lr": 1e-3, "max-tokens": 2000, "num-workers": 0,
-                  "criterion": "label_smoothed_cross_entropy"},
-        "evaluate": {"beam": 1, "max_len_b": 6},
-        "stages": [{"name": "s", "arch": "transformer_evokd_tiny_student", "max_epoch": 1}],
-    }))  # fmt: skip
-    utils.evokd_in_process(argv(world, out, "all", "--plan", plan, "--max-epoch", "1"))
+    out = tmp_path / "patched"  # every step but train (fairseq-train, tested in test_patch.py)
+    run_patch(world["student"], world["url"], world["data"], out, pool=world["pool"],
+              steps=STEPS[:-1], **SETTINGS, teacher_model=str(world["llm"]),
+              reply_cache=str(world["cache"]))  # fmt: skip
     report = read_json(out / "report.json")
     n_pairs = len(pairs)
     assert report["judged"] == N_POOL and report["flagged"] == 3
@@ -240,9 +265,7 @@ def test_whole_pipeline_with_recorded_replies(world, judged, tmp_path):
     assert report["calls"]["calls"] == (2 * n_pairs - 1) + n_pairs
     assert report["calls"]["cached"] == N_POOL + 1 + 1
     assert report["calls"]["seconds"] > 0
-    assert isinstance(report["bleu"]["before"], float) and isinstance(
-        report["bleu"]["after"], float
-    )
+    assert report["bleu"] == {"before": None, "after": None}  # not trained
 
     en = load_encoder(world["data"], "en")
     patch = read_jsonl(out / "patch.jsonl")
