@@ -201,6 +201,8 @@ def test_every_row_keeps_its_own_sentence(world, judged):
     assert [r["id"] for r in rows] == list(range(N_POOL))
     assert [r["source_bpe"] for r in rows] == encoder.encode_lines(lines)
     for row in rows:
+        assert set(row) == {"id", "source", "student", "source_bpe", "student_bpe", "parsed",
+                            "errors", "correction", "teacher", "teacher_bpe"}  # fmt: skip
         assert not row["parsed"] and row["errors"] == [] and row["teacher_bpe"] == ""
 
 
@@ -275,6 +277,10 @@ def test_whole_pipeline_with_recorded_replies(world, judged, tmp_path):
         assert row["source_bpe"] == flagged[row["from"]][0]["source_bpe"]
         assert row["target_bpe"] == en(f"A dog number {row['from']}.")
     [synth] = by_origin["synthesis"]
+    [written] = read_jsonl(out / "synthesis.jsonl")
+    assert set(written) == {"id", "origin", "sentence", "source", "teacher", "words", "corrected",
+                            "problem", "kept", "source_bpe", "teacher_bpe"}  # fmt: skip
+    assert (written["sentence"], written["words"], written["kept"]) == (sentence, [word], True)
     assert synth["source_bpe"] == load_encoder(world["data"], "de")(sentence)
     assert synth["target_bpe"] == en("It is here.")
     assert sum(r["origin"] == "replay" for r in patch) == 4  # --replay-ratio 1

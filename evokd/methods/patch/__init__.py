@@ -71,6 +71,30 @@ reads them):
                       analogy | replay), from (the id in selected/synthesis/analogy.jsonl,
                       or DATA's training example for replay), source, target, source_bpe,
                       target_bpe
+With an LLM teacher (:mod:`.llm_steps`), also:
+
+  DIR/replies/             every LLM reply, by the sha256 of (model, prompt, settings,
+                           sample): kept when a step is redone (--reply-cache elsewhere)
+  DIR/report.json          judged, flagged, unparsed (per kind of reply), contexts and
+                           analogies (written, kept), calls (calls, cached, seconds,
+                           prompt_tokens, completion_tokens), bleu (before, after)
+  DIR/demonstrations/      `evokd patch demonstrations`: prompts.jsonl (id, source, student,
+                           prompt), pairs.jsonl (id, prompt, reply, messages)
+
+and these keys instead:
+
+  translations.jsonl  id, source, student, source_bpe, student_bpe, parsed (the feedback
+                      reply was read), errors (list of {source, student, correction}),
+                      correction (the LLM's translation, raw), teacher, teacher_bpe (that
+                      translation encoded like DATA; empty when unparsed)
+  selected.jsonl      origin ("selected"), rank, and the keys of translations.jsonl
+  synthesis.jsonl     id, origin ("synthesis"), sentence (the LLM's, raw), source, teacher,
+                      words (the error word), corrected (its correction), problem (of the
+                      translation: empty, unparsed, cut, or null), kept (the sentence holds
+                      the word and its translation is usable), source_bpe, teacher_bpe
+  analogy.jsonl       as synthesis.jsonl, origin "analogy", words (the analogy word),
+                      related_to (its error word) instead of corrected
+  analogy_words.json  error word -> {"category": [words], "semantic": [words]}
 """
 
 __doc__ += FILES
