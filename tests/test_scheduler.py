@@ -320,3 +320,27 @@ def test_slurm_chain_with_a_killed_job(on_cluster, local):
     rows = json.loads((root / "results" / "slurm" / "results.json").read_text())["rows"]
     assert [r["stage"] for r in rows] == NAMES
     assert [r["updates"] for r in rows] == [3, 12, 3]
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint(on_cluster, local):
+    """Preemption, as Slurm does it: the job is requeued mid-stage and starts again."""
+    root, run = local, "requeued"
+    args = ["--run", run, "--launcher", "slurm", "--threads", "1", "--no-evaluate"]
+    _, out = chain(root, *args, "--requeue", "--stage", "senior_teacher")
+    jobs_dir = root / "checkpoints" / run / "jobs"
+    job = json.loads((jobs_dir / "slurm.json").read_text())["stage:senior_teacher"]
+    assert list(json.loads((jobs_dir / "slurm.json").read_text())) == ["stage:senior_teacher"]
+    script = (jobs_dir / "stage-senior_teacher.sbatch").read_text()
+    assert "#SBATCH --requeue\n" in script and "scontrol requeue" in script
+    folder = root / "checkpoints" / run / "senior_teacher"
+    wait_for(lambda: (folder / "checkpoint_last.pt").is_file())
+    on_cluster.run("scontrol", "requeue", job)
+    # Slurm holds a requeued job back for a while: let it start again now
+    wait_for(lambda: "JobState=PENDING" in on_cluster.run("scontrol", "show", "job", job).stdout)
+    on_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    on_cluster.wait_idle()
+    log = (folder / "train.log").read_text()
+    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch 1 @ [1-9]\d* updates\)", log)
+    assert stage_record(root, run, "senior_teacher")["updates"] == 12
+    one = weights(root, "one", "senior_teacher")
+    assert same_weights(one, weights(root, run, "senior_teacher"))

@@ -58,12 +58,15 @@ class SlurmChain:
     reaching its time limit, is requeued and resumes.
     """
 
-    def __init__(self, chain, command, requeue=False):
+    def __init__(self, chain, command, requeue=False, only=None):
         self.chain, self.command, self.requeue = chain, command, requeue
         self.layout = chain.layout
+        self.only = only
 
-    def steps(self):
-        return schedule.steps_of(self.layout, self.chain.stages(), self.chain.trainer.is_finished)
+    def steps(self, finished=None):
+        """The steps of the stages to run (``only``: those named), each after its needs."""
+        stages = self.chain.stages(self.only)
+        return schedule.steps_of(self.layout, stages, finished or self.chain.trainer.is_finished)
 
     def done(self, step):
         return self.chain.step_done(step)
@@ -126,10 +129,10 @@ class SlurmChain:
         path = self.layout.slurm_jobs_path
         return files.read_json(path) if path.is_file() else {}
 
-    def submit(self, dry_run=False, out=print):
+    def submit(self, dry_run=False, out=print, report=True):
         """Submit every step that is neither finished nor queued, each after the jobs of
-        the steps it needs, then the report after them all; returns {key: job id} of the
-        jobs submitted. ``dry_run``: print the scripts, submit nothing."""
+        the steps it needs, then (``report``) the report after them all; returns {key: job
+        id} of the jobs submitted. ``dry_run``: print the scripts, submit nothing."""
         steps = self.steps()
         jobs = self.recorded()
         states = {} if dry_run else job_states(list(jobs.values()))
@@ -145,7 +148,7 @@ class SlurmChain:
             after = [waiting[n] for n in step.needs if n in waiting]
             waiting[step.key] = self._submit(step.key, step, after, dry_run, out)
             submitted[step.key] = waiting[step.key]
-        if submitted or REPORT not in live:
+        if report and (submitted or REPORT not in live):
             if REPORT in live:
                 subprocess.run([slurm_command("scancel"), str(live[REPORT])], check=False)
             submitted[REPORT] = self._submit(REPORT, None, list(waiting.values()), dry_run, out)
@@ -179,7 +182,7 @@ class SlurmChain:
         jobs = self.recorded()
         states = job_states(list(jobs.values()))
         rows = []
-        for step in schedule.steps_of(self.layout, self.chain.stages()):
+        for step in self.steps(finished=lambda stage: False):
             job = jobs.get(step.key, "")
             state = states.get(str(job), "") if job else "not submitted"
             if self.done(step):

@@ -233,17 +233,22 @@ def run_scheduled(args, plan, chains, seeds):
     if args.launcher != "slurm":
         raise EvokdError("--status and --requeue are for --launcher slurm")
     for chain, seed in zip(chains, seeds):
-        slurm = SlurmChain(chain, step_command(args, plan, seed), requeue=args.requeue)
+        command = step_command(args, plan, seed)
+        slurm = SlurmChain(chain, command, requeue=args.requeue, only=args.stage)
         if args.status:
             for key, job, state in slurm.status():
                 print(f"{key:40} {job:>10}  {state}")
             continue
-        chain.check(chain.stages(), data_required=False)  # a bad plan fails before data
+        stages = chain.stages(args.stage)
+        chain.check(stages, data_required=False)  # a bad plan fails before data
         if not args.dry_run:  # prepared here once, not by the first jobs at once
             chain.prepare_data()
             validate(plan)
-            chain.check(chain.stages())
-        slurm.submit(dry_run=args.dry_run)
+            chain.check(stages)
+            for stage in stages if args.stage else []:
+                if not chain.trainer.is_finished(stage):
+                    chain.check_prerequisites(stage)
+        slurm.submit(dry_run=args.dry_run, report=not args.no_evaluate)
     return 0
 
 
