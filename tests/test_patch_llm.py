@@ -320,16 +320,20 @@ def test_server_errors_are_clear(world, tmp_path, change, message):
 
 
 def test_a_local_causal_lm_keeps_its_replies(world, tmp_path):
-    """The same calls through a Hugging Face causal-LM folder: sampled replies are kept by
-    (model, prompt, settings, sample), so a second teacher on the same cache calls nothing."""
+    """The same calls through a Hugging Face causal-LM folder: sampled replies and translations
+    are kept by (model, prompt, settings, sample), so a second teacher on the same cache calls
+    nothing."""
     settings = text.TeacherSettings(src_lang="de", tgt_lang="en", reply_cache=str(tmp_path))
     prompts = ["Ein Hund.", "Eine Katze."]
     with text.open_teacher(world["llm"], settings) as llm:
         first = llm.complete(prompts, 4, temperature=1.0, samples=2)
         assert llm.usage["calls"] == 4 and llm.usage["cached"] == 0
         assert 0 < llm.usage["completion_tokens"] <= 4 * 4 and llm.usage["prompt_tokens"] > 0
+        translated = llm.translate(prompts)
+        assert llm.usage["calls"] == 4 + 2
     assert [len(group) for group in first] == [2, 2]
-    assert len(list(tmp_path.glob("*/*.json"))) == 4
+    assert len(list(tmp_path.glob("*/*.json"))) == 4 + 2
     with text.open_teacher(world["llm"], settings) as llm:
         assert llm.complete(prompts, 4, temperature=1.0, samples=2) == first
-        assert llm.usage["calls"] == 0 and llm.usage["cached"] == 4
+        assert llm.translate(prompts) == translated
+        assert llm.usage["calls"] == 0 and llm.usage["cached"] == 4 + 2

@@ -121,6 +121,28 @@ class CausalLMTeacher(HuggingFaceTeacher):
         return prompt
 
     def translate_batch(self, sources):
+        """One reply per sentence; with ``settings.reply_cache``, each kept by (model digest,
+        prompt, length cap, beam) and read from there when a rerun asks again."""
+        model, beam = self.model_digest(), self.settings.beam
+        keys = [{"model": model, "translate": self.text(line), "beam": beam,
+                 "max_tokens": self.settings.max_tokens(line)} for line in sources]  # fmt: skip
+        paths = [reply_cache_path(self.settings.reply_cache, key) for key in keys]
+        kept = {i: files.read_json(p) for i, p in enumerate(paths) if p is not None and p.is_file()}
+        self.usage["cached"] += len(kept)
+        todo = [i for i in range(len(sources)) if i not in kept]
+        if todo:
+            start = time.perf_counter()
+            for i, (reply, cut) in zip(todo, self.replies([sources[i] for i in todo])):
+                kept[i] = {"reply": reply, "cut": cut}
+                if paths[i] is not None:
+                    paths[i].parent.mkdir(parents=True, exist_ok=True)
+                    files.write_json(paths[i], {"key": keys[i], **kept[i]})
+            self.usage["calls"] += len(todo)
+            self.usage["seconds"] += time.perf_counter() - start
+        return [reply_translation(kept[i]["reply"], kept[i]["cut"]) for i in range(len(sources))]
+
+    def replies(self, sources):
+        """``(reply, cut)`` for every sentence, decoded in one batch."""
         texts = [self.text(line) for line in sources]
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         caps = [self.settings.max_tokens(line) for line in sources]
@@ -130,9 +152,14 @@ class CausalLMTeacher(HuggingFaceTeacher):
         for sequence, cap in zip(result.sequences, caps):
             tokens, ended = self.new_tokens(sequence, start)
             cut = not ended or len(tokens) >= cap
-            reply = self.tokenizer.decode(tokens[:cap], skip_special_tokens=True)
-            out.append(reply_translation(reply, cut))
+            out.append((self.tokenizer.decode(tokens[:cap], skip_special_tokens=True), cut))
         return out
+
+    def model_digest(self):
+        """The model folder's digest, computed once."""
+        if not hasattr(self, "_model_digest"):
+            self._model_digest = self.digest()
+        return self._model_digest
 
     def complete(self, prompts, max_tokens, temperature=0.0, samples=1):
         """See :meth:`TextTeacher.complete`: one prompt at a time (through the chat template),
@@ -144,7 +171,7 @@ class CausalLMTeacher(HuggingFaceTeacher):
         for prompt in prompts:
             replies = []
             for k in range(samples):
-                key = {"model": self.digest(), "prompt": prompt, "max_tokens": max_tokens,
+                key = {"model": self.model_digest(), "prompt": prompt, "max_tokens": max_tokens,
                        "temperature": temperature, "sample": k}  # fmt: skip
                 path = reply_cache_path(self.settings.reply_cache, key)
                 if path is not None and path.is_file():

@@ -174,7 +174,6 @@ def open_llm(inputs, cfg, src, tgt, ws):
         device=str(choose_device(cfg.cpu)),
         max_len_a=cfg.max_len_a,
         max_len_b=cfg.max_len_b,
-        batch_size=cfg.chunk_size,
     )
     return open_teacher(inputs["teacher"], settings)
 
