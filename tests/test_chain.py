@@ -397,9 +397,9 @@ def test_the_chain_writes_only_inside_its_folders(finished):
     assert written
     outside = [p for p in written if not any(p.resolve().is_relative_to(d) for d in inside)]
     assert outside == []
-    stages = {p.relative_to(root / "checkpoints" / "micro").parts[0] for p in written
+    folders = {p.relative_to(root / "checkpoints" / "micro").parts[0] for p in written
               if p.is_relative_to(root / "checkpoints" / "micro")}  # fmt: skip
-    assert stages == set(json.loads(plan.read_text())["stages"][i]["name"] for i in range(4))
+    assert {s["name"] for s in json.loads(plan.read_text())["stages"]} <= folders
 
 
 def test_missing_data_is_rejected(tmp_path, capsys):
