@@ -76,6 +76,15 @@ def test_teacher_cache_is_built_once_and_read_by_two_stages(micro_data, tmp_path
         assert float(train["train_kd_loss"]) > 0
     # fairseq's output went to the logs only: the chain printed its own short story
     assert "train_inner" not in out and "[3/3] s2: done in" in out
+    # the built cache is checked before training, in the dry run as in the run: a new stage
+    # asking it for more than it holds is refused, naming it
+    more = {**students[0], "name": "s3", "kd": {"cache": {"topk": 4}, "kd-topk": 8}}
+    plan = write_plan(tmp_path, micro_data, [TEACHER] + students + [more])
+    for dry in (["--dry-run"], []):
+        code, out = chain(tmp_path, plan, "--no-evaluate", *dry, check=False)
+        assert code == 2 and f"--teacher-cache {Path('checkpoints/teach/caches') / cache.name}: " \
+            "holds the teacher's top 4 tokens, but --kd-topk is 8" in out, out  # fmt: skip
+    assert not (tmp_path / "checkpoints" / "teach" / "s3").exists()
 
 
 def test_training_state_carries_the_lr_schedule(micro_data, tmp_path):
