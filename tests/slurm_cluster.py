@@ -1,6 +1,7 @@
 """A one-node Slurm cluster for the tests: munged, slurmctld and slurmd of Debian's
 ``slurm-wlm`` and ``munge`` packages on 127.0.0.1, their key, state, spool and logs in one
 temporary folder. ``SLURM_CONF`` in the environment points Slurm's commands at it.
+A requeued job starts again after ``cred_expire`` (5 s here, 120 s by default).
 
     with Cluster(folder) as cluster:   # starts in a few seconds
         subprocess.run(["sbatch", ...], env=cluster.env)
@@ -42,7 +43,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge.socket
+AuthInfo=socket={root}/munge.socket,cred_expire=5
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid

@@ -236,6 +236,32 @@ def test_two_jobs_overlap_and_give_the_same_checkpoints(local):
         )
 
 
+def test_sigterm_stops_every_job_and_the_rerun_finishes(local):
+    import signal
+    import subprocess
+    import threading
+
+    from tests.test_chain_teaching import _processes_naming
+
+    argv = ["chain", "--plan", "sched.yaml", "--run", "stopped", "--jobs", "2", "--threads", "1"]
+    argv.append("--no-evaluate")
+    proc = subprocess.Popen(
+        utils.fairseq_script("evokd") + argv, cwd=local, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lines = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    trainers = "--save-dir checkpoints/stopped/"
+    wait_for(lambda: len(_processes_naming("fairseq-train", trainers)) == 2 or proc.poll())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, "".join(lines)
+    wait_for(lambda: not _processes_naming("fairseq-train", trainers), timeout=15)
+    assert not any(stage_record(local, "stopped", n).get("finished") for n in NAMES)
+    chain(local, *argv[3:])
+    for name in NAMES:
+        assert same_weights(weights(local, "one", name), weights(local, "stopped", name)), name
+
+
 # ---------------------------------------------------------------------------------------
 # A real Slurm.
 
@@ -334,10 +360,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint(on_cluster, local):
     assert "#SBATCH --requeue\n" in script and "scontrol requeue" in script
     folder = root / "checkpoints" / run / "senior_teacher"
     wait_for(lambda: (folder / "checkpoint_last.pt").is_file())
-    on_cluster.run("scontrol", "requeue", job)
-    # Slurm holds a requeued job back for a while: let it start again now
-    wait_for(lambda: "JobState=PENDING" in on_cluster.run("scontrol", "show", "job", job).stdout)
-    on_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    on_cluster.run("scontrol", "requeue", job)  # back in the queue for cred_expire seconds
     on_cluster.wait_idle()
     log = (folder / "train.log").read_text()
     assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch 1 @ [1-9]\d* updates\)", log)

@@ -27,7 +27,7 @@ from evokd.chain.layout import Layout
 from evokd.chain.plan import cache_spec, ordered, validate
 from evokd.chain.progress import Progress, clock
 from evokd.chain.stage import StageTrainer
-from evokd.core.devices import torch_threads
+from evokd.core.devices import stop_running, torch_threads
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,9 @@ class Chain:
         graph = schedule.steps_of(self.layout, stages, self.trainer.is_finished)
         run_step = StepRunner(self, stages, jobs, hint)
         with run_step.threads():
-            outcome = schedule.run_steps(graph, jobs, run_step, fail_fast=jobs <= 1)
+            outcome = schedule.run_steps(
+                graph, jobs, run_step, fail_fast=jobs <= 1, on_abort=stop_running
+            )
         if not outcome:
             raise EvokdError(f"chain {self.layout.run_name}: {outcome.describe()}")
         return self.report() if evaluate else []

@@ -13,7 +13,8 @@ dependencies.
 """
 
 import logging
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,11 +101,12 @@ class Outcome:
         return "; ".join(lines)
 
 
-def run_steps(steps, jobs, run, fail_fast=False):
+def run_steps(steps, jobs, run, fail_fast=False, on_abort=None):
     """Run ``steps`` (ordered so that each comes after its needs), every step whose needs
     have finished, up to ``jobs`` at a time: ``run(step, slot)`` runs one in job slot
     1..jobs. A failed step stops the steps that need it (directly or not); the others run
-    on. ``fail_fast``: the first failure is raised at once. Returns the :class:`Outcome`."""
+    on. ``fail_fast``: the first failure is raised at once. ``on_abort()``: called when the
+    run is stopped (Ctrl-C, SIGTERM) with steps running. Returns the :class:`Outcome`."""
     outcome, done = Outcome(), set()
     pending = list(steps)
 
@@ -134,21 +136,34 @@ def run_steps(steps, jobs, run, fail_fast=False):
             else:
                 done.add(step.key)
         return outcome
-    running, free = {}, list(range(1, jobs + 1))
-    with ThreadPoolExecutor(jobs) as pool:
+    running, free, results = 0, list(range(1, jobs + 1)), queue.Queue()
+
+    def work(step, slot):
+        try:
+            run(step, slot)
+            results.put((step, slot, None))
+        except Exception as exc:
+            results.put((step, slot, exc))
+
+    try:
         while True:
             for step in unblocked()[: len(free)]:
                 pending.remove(step)
                 slot = free.pop(0)
-                running[pool.submit(run, step, slot)] = (step, slot)
+                # daemon threads: a stopped chain does not wait for its steps
+                threading.Thread(target=work, args=(step, slot), daemon=True).start()
+                running += 1
             if not running:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                step, slot = running.pop(future)
-                free = sorted(free + [slot])
-                if future.exception() is None:
-                    done.add(step.key)
-                else:
-                    outcome.failed[step.key] = future.exception()
+            step, slot, exc = results.get()  # Ctrl-C and SIGTERM arrive here
+            running -= 1
+            free = sorted(free + [slot])
+            if exc is None:
+                done.add(step.key)
+            else:
+                outcome.failed[step.key] = exc
+    except BaseException:
+        if on_abort:
+            on_abort()
+        raise
     return outcome

@@ -159,6 +159,22 @@ def _die_with_parent():
         pass
 
 
+RUNNING = set()  # the processes run_logged has started and not yet seen end
+
+
+def stop_running(timeout=10):
+    """Stop every process :func:`run_logged` is waiting on (a chain running several jobs,
+    stopped): SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    procs = list(RUNNING)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run_logged(cmd, log_path, stream=True):
     """Run ``cmd``, appending its output to ``log_path`` (and to stderr if ``stream``);
     the process dies with this one. A failure names the log."""
@@ -173,10 +189,14 @@ def run_logged(cmd, log_path, stream=True):
             preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        for line in proc.stdout:
-            if stream:
-                sys.stderr.write(line)
-            log.write(line)
-        code = proc.wait()
+        RUNNING.add(proc)
+        try:
+            for line in proc.stdout:
+                if stream:
+                    sys.stderr.write(line)
+                log.write(line)
+            code = proc.wait()
+        finally:
+            RUNNING.discard(proc)
     if code != 0:
         raise EvokdError(f"training failed (exit status {code}); see {log_path}")
