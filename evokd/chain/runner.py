@@ -11,6 +11,13 @@ teacher's top-K from a cache of that (teacher, training data) pair, and a stage 
 ``seqkd`` trains on its teacher's translations. Both are steps of the chain, built before
 the stage that needs them (``checkpoints/<run>/caches/``, recorded in ``steps/``) and
 shared by every stage with the same teacher and data.
+
+The stages and teacher steps form a graph (:mod:`evokd.chain.schedule`): with ``jobs``
+above one, every step whose prerequisites have finished runs at once, up to ``jobs``, each
+stage on its share of the machine (:meth:`evokd.core.devices.Devices.split`); a failed step
+stops only the steps that need it. ``jobs/KIND-NAME.json`` records when, and in which job
+slot, each step ran. :mod:`evokd.chain.slurm` submits the same steps as Slurm jobs, each
+running :meth:`Chain.run_step`.
 """
 
 import fcntl

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evokd.chain.plan import cache_spec
+from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ def find(steps, key):
         if step.key == key:
             return step
     known = ", ".join(step.key for step in steps) or "none"
-    from evokd.errors import EvokdError
-
     raise EvokdError(f"no step {key!r} in this chain (steps: {known})")
 
 

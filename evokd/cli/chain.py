@@ -15,6 +15,9 @@ examples:
   evokd chain --plan paper --gpus 4        # torchrun, NCCL; the paper's effective batch
   evokd chain --plan my_plan.yaml --stage junior_teacher --stage senior_teacher
   evokd chain --plan tiny -- --fp16        # after --: fairseq-train flags for every stage
+  evokd chain --plan paper --jobs 4        # independent stages at once, the GPUs split
+  evokd chain --plan paper --launcher slurm --requeue   # every step a Slurm job
+  evokd chain --plan paper --launcher slurm --status    # each step's job and state
 """
 
 import sys
