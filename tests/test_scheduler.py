@@ -205,6 +205,21 @@ def test_dry_run_prints_the_sbatch_scripts(tmp_path):
     assert not (tmp_path / "checkpoints" / "sched" / "jobs").exists()  # nothing written
 
 
+def test_a_stage_the_seeds_share_is_one_job(tmp_path):
+    stages = [STAGES[0], dict(STAGES[1], flags={}), STAGES[2]]  # the seed from --seeds
+    sched_plan(tmp_path, seeds=[1, 2], shared=["junior_teacher"], stages=stages)
+    _, out = chain(tmp_path, "--launcher", "slurm", "--dry-run")
+    blocks = re.findall(r"^# (\S+)\n(#!/bin/bash\n.*?)(?=^# |\Z)", out, re.M | re.S)
+    keys = [key for key, _ in blocks]
+    assert keys.count("stage:junior_teacher") == 1
+    assert keys.count("stage:senior_teacher") == 2 and keys.count("report") == 2
+    # the second seed's student waits for the first seed's job of the shared teacher
+    students = [text for key, text in blocks if key == "stage:junior_student"]
+    for seed, text in zip((1, 2), students, strict=True):
+        assert "#SBATCH --dependency=afterok:<stage-junior_teacher>\n" in text
+        assert f" --seeds {seed} " in text
+
+
 # ---------------------------------------------------------------------------------------
 # Several jobs at once on this machine.
 

@@ -129,25 +129,34 @@ class SlurmChain:
         path = self.layout.slurm_jobs_path
         return files.read_json(path) if path.is_file() else {}
 
-    def submit(self, dry_run=False, out=print, report=True):
+    def submit(self, dry_run=False, out=print, report=True, elsewhere=None):
         """Submit every step that is neither finished nor queued, each after the jobs of
         the steps it needs, then (``report``) the report after them all; returns {key: job
-        id} of the jobs submitted. ``dry_run``: print the scripts, submit nothing."""
+        id} of the jobs submitted. ``dry_run``: print the scripts, submit nothing.
+        ``elsewhere``: {stage folder: job id} of the runs submitted before this one (the
+        seeds of a plan share some stages), updated with this run's."""
         steps = self.steps()
         jobs = self.recorded()
         states = {} if dry_run else job_states(list(jobs.values()))
         live = {k: j for k, j in jobs.items() if states.get(str(j)) in LIVE}
         submitted, waiting = {}, {}
+        elsewhere = {} if elsewhere is None else elsewhere
         for step in steps:
             if self.done(step):
+                continue
+            folder = str(self.layout.stage_dir(step.stage)) if step.kind == "stage" else None
+            if folder in elsewhere:  # trained by another run's job
+                waiting[step.key] = elsewhere[folder]
                 continue
             if step.key in live:
                 waiting[step.key] = live[step.key]
                 logger.info("%s: job %s is %s", step.key, live[step.key], states[live[step.key]])
-                continue
-            after = [waiting[n] for n in step.needs if n in waiting]
-            waiting[step.key] = self._submit(step.key, step, after, dry_run, out)
-            submitted[step.key] = waiting[step.key]
+            else:
+                after = [waiting[n] for n in step.needs if n in waiting]
+                waiting[step.key] = self._submit(step.key, step, after, dry_run, out)
+                submitted[step.key] = waiting[step.key]
+            if folder:
+                elsewhere[folder] = waiting[step.key]
         if report and (submitted or REPORT not in live):
             if REPORT in live:
                 subprocess.run([slurm_command("scancel"), str(live[REPORT])], check=False)

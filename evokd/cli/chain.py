@@ -235,6 +235,7 @@ def run_scheduled(args, plan, chains, seeds):
         return 0
     if args.launcher != "slurm":
         raise EvokdError("--status and --requeue are for --launcher slurm")
+    shared = {}  # stage folder -> job id: a stage the seeds share is submitted once
     for chain, seed in zip(chains, seeds):
         command = step_command(args, plan, seed)
         slurm = SlurmChain(chain, command, requeue=args.requeue, only=args.stage)
@@ -251,7 +252,7 @@ def run_scheduled(args, plan, chains, seeds):
             for stage in stages if args.stage else []:
                 if not chain.trainer.is_finished(stage):
                     chain.check_prerequisites(stage)
-        slurm.submit(dry_run=args.dry_run, report=not args.no_evaluate)
+        slurm.submit(dry_run=args.dry_run, report=not args.no_evaluate, elsewhere=shared)
     return 0
 
 
