@@ -10,10 +10,9 @@ A plan is a YAML file (the presets ship in ``evokd/plans/``)::
     kd: {kd-alpha: 0.5, kd-temperature: 1}          # word_kd flags of stages with a teacher
     evaluate: {beam: 5, subset: test}
     jobs: 2                                         # optional: steps at once (--jobs)
-    slurm: {partition: gpu, time: "4:00:00", gpus: 1, cpus: 8, mem: 32G}  # per job
+    slurm: {partition: gpu, time: "4:00:00", gpus: 1, mem: 32G}  # per job (a stage's over it)
     stages:
-      - {name: junior_teacher, arch: transformer_evokd_tiny_junior, max_epoch: 6,
-         slurm: {gpus: 4, options: ["--qos=long"]}}  # over the plan's
+      - {name: junior_teacher, arch: transformer_evokd_tiny_junior, max_epoch: 6}
       - {name: junior_student, arch: transformer_evokd_tiny_student, max_epoch: 3,
          teacher: junior_teacher}
       - {name: master_student, arch: transformer_evokd_tiny_student, max_epoch: 3,
