@@ -4,6 +4,7 @@ refused by what reads it (training, the builder's rerun, ``evokd verify``), nami
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,32 @@ def test_damaged_mckd_halves_and_merge_are_refused(data_bin, tmp_path):
         EvokdError, match=rf"mckd: {merged.parent}: {merged} is damaged .*merge again"
     ):
         run.merge(1, ids)
+
+
+def test_a_chain_refuses_its_damaged_distilled_data(distilled, tmp_path):
+    """A sequence-level KD stage whose distilled folder exists is checked before it trains."""
+    from evokd.chain.plan import load_plan
+    from evokd.chain.runner import Chain
+    from evokd.core.devices import Devices
+
+    data = tmp_path / "data"
+    shutil.copytree(distilled, data)  # any binarized folder serves as the plan's data
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        f"name: v\ndata: {data}\nstages:\n"
+        "  - {name: teacher, arch: transformer_evokd_tiny_senior, max_epoch: 1}\n"
+        "  - {name: student, arch: transformer_evokd_tiny_student, max_epoch: 1,\n"
+        "     seqkd: {teacher: teacher}}\n",
+        encoding="utf-8",
+    )
+    plan = load_plan(str(plan_file))
+    chain = Chain(plan, checkpoints=tmp_path / "ck", results=tmp_path / "res",
+                  devices=Devices(gpus=0), progress=lambda line: None)  # fmt: skip
+    stage = plan.stage("student")
+    out = Path(chain.layout.stage_data(stage))
+    shutil.copytree(distilled, out)
+    chain.distill(stage)  # intact: accepted without rebuilding
+    target = out / "train.de-en.en.bin"
+    damage(target)
+    with pytest.raises(EvokdError, match=rf"stage student: .*{target} is damaged"):
+        chain.distill(stage)

@@ -147,6 +147,9 @@ class Chain:
         """Sequence-level KD data for ``stage``: the teacher translates the training source."""
         out = Path(self.layout.stage_data(stage))
         if (out / "distill.json").is_file():
+            from evokd.distill.seqkd import open_distilled
+
+            open_distilled(out, f"stage {stage.name}:")  # checked against its checksums
             return
         path = self.layout.step_record_path("distill", out.name)
         path.parent.mkdir(parents=True, exist_ok=True)
