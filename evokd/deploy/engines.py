@@ -4,12 +4,12 @@ fairseq translates through :class:`evokd.core.inference.Translator` (fairseq's o
 search, decoding like fairseq-generate ``--lenpen 1 --max-len-a 0``); CTranslate2 through
 ``ctranslate2.Translator.translate_batch`` with the same beam, length penalty and length
 limits. The thread policy is one for all: ``threads`` intra-op threads and no more
-(in-process torch: :func:`torch_threads`; fairseq-generate: :func:`evokd.core.generate.generate`'s
-``threads``; CTranslate2: ``intra_threads=threads, inter_threads=1``). The device is the
-GPU for both engines when both see one (and not ``cpu``), else the CPU for both.
+(in-process torch: :func:`evokd.core.devices.torch_threads`; fairseq-generate:
+:func:`evokd.core.generate.generate`'s ``threads``; CTranslate2: ``intra_threads=threads,
+inter_threads=1``). The device is the GPU for both engines when both see one (and not
+``cpu``), else the CPU for both.
 """
 
-import contextlib
 import os
 import time
 
@@ -32,19 +32,6 @@ def choose_device(cpu):
     if cpu or ctranslate2.get_cuda_device_count() == 0:
         return "cpu"
     return torch_device().type
-
-
-@contextlib.contextmanager
-def torch_threads(threads):
-    """``torch.set_num_threads(threads)`` for in-process fairseq, then restore."""
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def fairseq_translator(checkpoint, data, subset, beam, device, flag="--student"):

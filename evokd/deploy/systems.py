@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from evokd.core.decoding import Decoding
+from evokd.core.devices import torch_threads
 from evokd.core.generate import generate, score_output
 from evokd.core.metrics import detokenize, score
 from evokd.data.layout import existing_text
@@ -66,7 +67,7 @@ def fairseq_rows(run, models, beam, work, suffix, profile_dir):
             translator = engines.fairseq_translator(
                 path, run.data, run.subset, beam, run.device, flag
             )
-        with engines.torch_threads(run.threads):
+        with torch_threads(run.threads):
             if translator is not None:
                 latency = run.latency(run.fairseq_call(translator))
             if run.lengths is not None:
