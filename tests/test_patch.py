@@ -323,6 +323,25 @@ def test_rerun_skips_finished_steps(patched, caplog):
         run_patch(out=out, steps=["select"], select=0.2, **FAST)
 
 
+def test_damaged_patch_data_is_refused_before_training(patched, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(patched[0], out)
+    for name in ("checkpoints", "results", "results.json", "steps/train.json"):
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    recorded = json.loads((out / "steps" / "build.json").read_text())["data_sha256"]
+    assert sorted(recorded) == sorted(
+        p.relative_to(out / "data").as_posix() for p in (out / "data").rglob("*") if p.is_file()
+    )
+    target = out / "data" / "train.de-en.en.bin"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed in place
+    target.write_bytes(bytes(data))
+    with pytest.raises(EvokdError, match=rf"train: {target} is damaged.*patch build"):
+        run_patch(out=out, steps=["train"], **FAST)
+    assert not (out / "checkpoints").exists()
+
+
 def test_killed_step_resumes_where_it_stopped(patched, student_ckpt, teacher_ckpt, data_bin,
                                               tmp_path, monkeypatch):  # fmt: skip
     reference = (patched[0] / "translations.jsonl").read_bytes()

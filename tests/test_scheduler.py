@@ -27,7 +27,7 @@ TRAIN = {
 # killed between two of its checkpoints
 STAGES = [
     {"name": "junior_teacher", "arch": "transformer_evokd_tiny_junior", "max_update": 3},
-    {"name": "senior_teacher", "arch": "transformer_evokd_tiny_junior", "max_update": 12,
+    {"name": "senior_teacher", "arch": "transformer_evokd_tiny_junior", "max_update": 24,
      "flags": {"seed": 2, "save-interval-updates": 3}},
     {"name": "junior_student", "arch": "transformer_evokd_tiny_student", "max_update": 3,
      "teacher": "junior_teacher"},
@@ -341,6 +341,7 @@ def test_slurm_chain_with_a_killed_job(on_cluster, local):
     # cancelled with it, the others finish
     senior = root / "checkpoints" / "slurm" / "senior_teacher"
     wait_for(lambda: (senior / "checkpoint_last.pt").is_file())
+    on_cluster.run("scontrol", "suspend", ids["stage:senior_teacher"])  # cannot finish first
     on_cluster.run("scancel", ids["stage:senior_teacher"])
     on_cluster.wait_idle()
     assert stage_record(root, "slurm", "junior_student").get("finished")
@@ -353,14 +354,14 @@ def test_slurm_chain_with_a_killed_job(on_cluster, local):
     assert re.findall(r"^(\S+): job", out, re.M) == ["stage:senior_teacher", "report"]
     on_cluster.wait_idle()
     log = (senior / "train.log").read_text()
-    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch 1 @ [1-9]\d* updates\)", log)
+    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
     # the same checkpoints as the local runs, and every stage in the report
     for name in NAMES:
         assert stage_record(root, "slurm", name).get("finished"), name
         assert same_weights(weights(root, "one", name), weights(root, "slurm", name)), name
     rows = json.loads((root / "results" / "slurm" / "results.json").read_text())["rows"]
     assert [r["stage"] for r in rows] == NAMES
-    assert [r["updates"] for r in rows] == [3, 12, 3]
+    assert [r["updates"] for r in rows] == [3, 24, 3]
 
 
 def test_a_requeued_job_resumes_from_its_checkpoint(on_cluster, local):
@@ -375,10 +376,13 @@ def test_a_requeued_job_resumes_from_its_checkpoint(on_cluster, local):
     assert "#SBATCH --requeue\n" in script and "scontrol requeue" in script
     folder = root / "checkpoints" / run / "senior_teacher"
     wait_for(lambda: (folder / "checkpoint_last.pt").is_file())
-    on_cluster.run("scontrol", "requeue", job)  # back in the queue for cred_expire seconds
+    # stopped where it is (so it cannot finish first on a fast machine), then requeued: back
+    # in the queue for cred_expire seconds, as a preempted job
+    on_cluster.run("scontrol", "suspend", job)
+    on_cluster.run("scontrol", "requeue", job)
     on_cluster.wait_idle()
     log = (folder / "train.log").read_text()
-    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch 1 @ [1-9]\d* updates\)", log)
-    assert stage_record(root, run, "senior_teacher")["updates"] == 12
+    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
+    assert stage_record(root, run, "senior_teacher")["updates"] == 24
     one = weights(root, "one", "senior_teacher")
     assert same_weights(one, weights(root, run, "senior_teacher"))

@@ -98,6 +98,7 @@ def run_train(ws, cfg, inputs):
     """Train (or resume) the patch stage, then evaluate; returns the summary."""
     from evokd.chain.plan import validate
 
+    ws.check_data()
     plan = patch_plan(cfg, inputs, ws)
     trainer = stage_trainer(plan, ws, cfg)
     stage = plan.stages[0]

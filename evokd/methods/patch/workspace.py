@@ -179,7 +179,18 @@ class Workspace:
     def finish(self, step, stats):
         record = self.record(step)
         record.update(finished=True, stats=stats)
+        if step == "build":  # the training folder's checksums, checked before training
+            record["data_sha256"] = steps.payload_digests(self.data)
         write_json(self.record_path(step), record)
+
+    def check_data(self):
+        """Check ``DIR/data`` against the checksums its build step recorded."""
+        recorded = (self.record("build") or {}).get("data_sha256")
+        if recorded is None:  # built before checksums were recorded
+            logger.warning("%s: no checksums recorded; not verified", self.data)
+            return
+        hint = f"remove {self.record_path('build')} and rerun `evokd patch build` to rebuild it"
+        steps.verify_payload("train", self.data, recorded, hint)
 
     def require(self, step, needed):
         """Fail unless the steps ``needed`` by ``step`` are finished."""
