@@ -354,7 +354,9 @@ def test_slurm_chain_with_a_killed_job(on_cluster, local):
     assert re.findall(r"^(\S+): job", out, re.M) == ["stage:senior_teacher", "report"]
     on_cluster.wait_idle()
     log = (senior / "train.log").read_text()
-    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
+    assert re.search(
+        r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ [1-9]\d* updates\)", log
+    )
     # the same checkpoints as the local runs, and every stage in the report
     for name in NAMES:
         assert stage_record(root, "slurm", name).get("finished"), name
@@ -376,13 +378,14 @@ def test_a_requeued_job_resumes_from_its_checkpoint(on_cluster, local):
     assert "#SBATCH --requeue\n" in script and "scontrol requeue" in script
     folder = root / "checkpoints" / run / "senior_teacher"
     wait_for(lambda: (folder / "checkpoint_last.pt").is_file())
-    # stopped where it is (so it cannot finish first on a fast machine), then requeued: back
-    # in the queue for cred_expire seconds, as a preempted job
-    on_cluster.run("scontrol", "suspend", job)
+    # requeued as a preempted job (21 updates still to go): back in the queue for
+    # cred_expire seconds, then it starts again
     on_cluster.run("scontrol", "requeue", job)
     on_cluster.wait_idle()
     log = (folder / "train.log").read_text()
-    assert re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ [1-9]\d* updates\)", log)
+    assert re.search(
+        r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ [1-9]\d* updates\)", log
+    )
     assert stage_record(root, run, "senior_teacher")["updates"] == 24
     one = weights(root, "one", "senior_teacher")
     assert same_weights(one, weights(root, run, "senior_teacher"))
