@@ -211,3 +211,18 @@ def add_decoding_arguments(parser, title="decoding (fairseq-generate flags)", ba
     if batch_size:
         batching.add_argument("--batch-size", type=int, metavar="N", help="sentences per batch")
     return group
+
+
+def add_server_arguments(group):
+    """--teacher-model, --teacher-api and --concurrency: how a server teacher is asked."""
+    group.add_argument(
+        "--teacher-model", metavar="NAME", help="the served model's name (server teachers)"
+    )
+    group.add_argument(
+        "--teacher-api", choices=("chat", "completions"), default="chat",
+        help="the server's endpoint: chat/completions or completions (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--concurrency", type=int, default=4, metavar="N",
+        help="server requests in flight at once (default: %(default)s)",
+    )  # fmt: skip

@@ -49,7 +49,7 @@ examples:
 
 import sys
 
-from evokd.cli import add_decoding_arguments, add_device_arguments
+from evokd.cli import add_decoding_arguments, add_device_arguments, add_server_arguments
 
 EXTERNAL = ("teacher_model", "teacher_tokenizer", "prompt", "source_text")
 
@@ -91,9 +91,7 @@ def add_arguments(parser):
 
 def add_text_teacher_arguments(parser):
     group = parser.add_argument_group("teachers with their own vocabulary (not a .pt)")
-    group.add_argument(
-        "--teacher-model", metavar="NAME", help="the served model's name (server teachers)"
-    )
+    add_server_arguments(group)
     group.add_argument(
         "--teacher-tokenizer", metavar="PATH",
         help="a CTranslate2 model's tokenizer: a Hugging Face tokenizer folder or a "
@@ -103,14 +101,6 @@ def add_text_teacher_arguments(parser):
         "--prompt", metavar="FILE",
         help="prompt template for LLMs, with {src_lang}, {tgt_lang} and {source} "
         "(default: evokd/teachers/prompts/translate.txt)",
-    )  # fmt: skip
-    group.add_argument(
-        "--teacher-api", choices=("chat", "completions"), default="chat",
-        help="the server's endpoint: chat/completions or completions (default: %(default)s)",
-    )  # fmt: skip
-    group.add_argument(
-        "--concurrency", type=int, default=4, metavar="N",
-        help="server requests in flight at once (default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
         "--batch-size", type=int, default=16, metavar="N",

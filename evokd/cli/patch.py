@@ -45,7 +45,7 @@ calls' time and tokens, the student's BLEU before and after.
               server), its replies as DIR/demonstrations/pairs.jsonl to fine-tune a patcher on
 """
 
-from evokd.cli import add_decoding_arguments
+from evokd.cli import add_decoding_arguments, add_server_arguments
 from evokd.methods.patch import FILES, STEPS
 
 __doc__ += (
@@ -138,11 +138,7 @@ def add_arguments(parser):
 
 def add_llm_arguments(parser):
     group = parser.add_argument_group("an LLM teacher (server URL or causal-LM folder)")
-    group.add_argument("--teacher-model", metavar="NAME", help="the served model's name")
-    group.add_argument(
-        "--teacher-api", choices=["chat", "completions"], default="chat",
-        help="the server's route: chat/completions or completions (default: chat)",
-    )  # fmt: skip
+    add_server_arguments(group)
     group.add_argument("--prompts", metavar="DIR", help="prompt files replacing the shipped ones")
     group.add_argument(
         "--llm-samples", type=int, default=4, metavar="N",
@@ -153,9 +149,6 @@ def add_llm_arguments(parser):
         "--llm-max-tokens", type=int, default=256, metavar="N",
         help="the length cap of one reply, in the LLM's tokens (default: 256)",
     )  # fmt: skip
-    group.add_argument(
-        "--concurrency", type=int, default=4, metavar="N", help="requests at once (default: 4)"
-    )
     group.add_argument(
         "--timeout", type=float, default=120.0, metavar="S",
         help="seconds a request may take (default: 120)",
