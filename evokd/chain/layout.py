@@ -4,6 +4,8 @@ CHECKPOINTS/RUN/STAGE/              a stage's folder (or the folder given for it
 CHECKPOINTS/RUN/STAGE/evokd_stage.json   the stage's record
 CHECKPOINTS/RUN/STAGE/train.log     fairseq's output
 CHECKPOINTS/RUN/caches/TEACHER.DATA.topK   a teacher cache of a (teacher, data) pair
+CHECKPOINTS/RUN/shared/STAGE, .../shared/caches/   with --seeds: the stages all seeds share,
+                                    and the caches of those teachers
 CHECKPOINTS/RUN/steps/KIND-NAME.json       the record of a teacher step
 CHECKPOINTS/RUN/jobs/KIND-NAME.json        when and in which job slot a step last ran
 CHECKPOINTS/RUN/jobs/slurm.json            the Slurm job id of every submitted step
@@ -77,7 +79,10 @@ class Layout:
             return None
         teacher = self.model_name(stage.teacher)
         data = Path(self.stage_data(stage)).name
-        return self.checkpoints / "caches" / f"{teacher}.{data}.top{spec['topk']}"
+        root = self.checkpoints
+        if stage.teacher in self.plan.shared and stage.teacher in self.stage_dirs:
+            root = self.stage_dir(self.plan.stage(stage.teacher)).parent  # shared by the seeds
+        return root / "caches" / f"{teacher}.{data}.top{spec['topk']}"
 
     @property
     def steps_dir(self):

@@ -98,8 +98,8 @@ class StageTrainer:
         # evokd_translation for every stage: it is fairseq's translation task plus the
         # teacher, and it batches a resumed run exactly like an uninterrupted one
         flags = {"task": "evokd_translation", **self.plan.train}
-        if self.seed is not None:
-            flags["seed"] = self.seed
+        if self.seed is not None and stage.name not in self.plan.shared:
+            flags["seed"] = self.seed  # a shared stage keeps the plan's seed: trained once
         if stage.teacher:
             flags["criterion"] = "word_kd"
             kd = kd_flags(self.plan, stage)

@@ -4,6 +4,9 @@ corpora:
   multi30k  Multi30k task 1 (29,000 / 1,014 / 1,000 pairs of image captions), shipped with
             evokd. Not cleaned, 8000 BPE pieces. --raw-dir DIR reads {train,val,test}.{de,en}
             from DIR instead.
+  tatoeba   Tatoeba deu-eng from --raw-dir DIR (tatoeba.{de,en}, e.g. the shortest 50k pairs
+            sorted by length): lines 1-20,000 train, the next 1,000 valid and test (after
+            train, so no test line is a training line). Not cleaned, 8000 BPE pieces.
   iwslt14   IWSLT14 de-en (TED talks) as fairseq's prepare-iwslt14.sh builds it, from
             de-en.tgz: --archive PATH, else downloaded once into --cache-dir. Cleaned,
             10000 BPE pieces; valid is every 23rd training pair, test is TED dev2010, TEDX
@@ -40,18 +43,19 @@ import os
 
 from evokd.errors import EvokdError
 
-CORPORA = ("multi30k", "iwslt14", "text")
+CORPORA = ("multi30k", "tatoeba", "iwslt14", "text")
 DEFAULT_OUT = {
     "multi30k": "data-bin/multi30k.{src}-{tgt}",
+    "tatoeba": "data-bin/tatoeba.{src}-{tgt}",
     "iwslt14": "data-bin/iwslt14.tokenized.{src}-{tgt}",
 }
 ONLY_FOR = {
-    "raw_dir": "multi30k",
-    "archive": "iwslt14",
-    "cache_dir": "iwslt14",
-    "train": "text",
-    "valid": "text",
-    "test": "text",
+    "raw_dir": ("multi30k", "tatoeba"),
+    "archive": ("iwslt14",),
+    "cache_dir": ("iwslt14",),
+    "train": ("text",),
+    "valid": ("text",),
+    "test": ("text",),
 }
 
 
@@ -116,11 +120,12 @@ def add_arguments(parser):
         help="remove a finished or unfinished preparation in --out and rebuild it (never "
         "removes a folder that evokd prepare did not make)",
     )
-    group = parser.add_argument_group("multi30k")
+    group = parser.add_argument_group("multi30k and tatoeba")
     group.add_argument(
         "--raw-dir",
         metavar="DIR",
-        help="read plain {train,val,test}.{SRC,TGT} from DIR instead of the shipped copy",
+        help="multi30k: read plain {train,val,test}.{SRC,TGT} from DIR instead of the "
+        "shipped copy; tatoeba (required): the folder of tatoeba.{SRC,TGT}",
     )
     group = parser.add_argument_group("iwslt14")
     group.add_argument(
@@ -146,10 +151,12 @@ def add_arguments(parser):
 
 def check_flags(args):
     """Refuse flags of other corpora; fill in the default --out."""
-    for dest, corpus in ONLY_FOR.items():
-        if getattr(args, dest) is not None and args.corpus != corpus:
+    for dest, corpora in ONLY_FOR.items():
+        if getattr(args, dest) is not None and args.corpus not in corpora:
             flag = "--" + dest.replace("_", "-")
-            raise EvokdError(f"{flag} is only used with corpus {corpus}, not {args.corpus}")
+            raise EvokdError(
+                f"{flag} is only used with corpus {' or '.join(corpora)}, not {args.corpus}"
+            )
     if args.out is None:
         if args.corpus not in DEFAULT_OUT:
             raise EvokdError(f"--out DIR is required for corpus {args.corpus}")

@@ -6,6 +6,7 @@ a corpus with ``valid_every = n`` has no valid source: every n-th kept training 
 becomes a valid pair instead (fairseq's IWSLT14 recipe).
 """
 
+import itertools
 from pathlib import Path
 
 from evokd.errors import EvokdError
@@ -15,6 +16,8 @@ from .textio import check_parallel, read_lines
 SPLITS = ("train", "valid", "test")
 MULTI30K_DIR = Path(__file__).resolve().parent.parent / "corpora" / "multi30k"
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # ours -> its file names
+# Tatoeba's export is one file pair sorted by length: contiguous blocks, test after train
+TATOEBA_SPLITS = {"train": (0, 20000), "valid": (20000, 21000), "test": (21000, 22000)}
 
 
 def check_languages_differ(src, tgt):
@@ -81,6 +84,40 @@ class FilesCorpus(Corpus):
         return {s: [str(p.resolve()) for p in self.files[s]] for s in self.splits}
 
 
+class SlicedCorpus(Corpus):
+    """One file pair cut into splits by line ranges ``{split: (start, stop)}`` (0-based,
+    stop excluded)."""
+
+    def __init__(self, name, files, ranges, src="de", tgt="en"):
+        super().__init__(src, tgt)
+        self.name = name
+        self.files = tuple(Path(p) for p in files)
+        self.ranges = dict(ranges)
+
+    def check(self):
+        lines = check_parallel(*self.files, "all")
+        stop = max(stop for _, stop in self.ranges.values())
+        if lines < stop:
+            raise EvokdError(
+                f"{self.files[0]}: {lines} lines; the {self.name} splits need {stop}"
+            )
+
+    def size(self, split):
+        start, stop = self.ranges[split]
+        return stop - start
+
+    def pairs(self, split):
+        start, stop = self.ranges[split]
+        pairs = zip(read_lines(self.files[0]), read_lines(self.files[1]))
+        yield from itertools.islice(pairs, start, stop)
+
+    def sources(self):
+        return {
+            split: [f"{p.resolve()}:{start + 1}-{stop}" for p in self.files]
+            for split, (start, stop) in self.ranges.items()
+        }
+
+
 def multi30k(raw_dir=None, src="de", tgt="en"):
     """Multi30k task 1 (shipped gzipped in ``evokd/corpora/multi30k``), or a copy in ``raw_dir``.
 
@@ -106,6 +143,20 @@ def multi30k(raw_dir=None, src="de", tgt="en"):
         for ours, theirs in MULTI30K_SPLITS.items()
     }
     return FilesCorpus("multi30k", files, src, tgt, default_vocab_size=8000)
+
+
+def tatoeba(raw_dir=None, src="de", tgt="en"):
+    """Tatoeba (``tatoeba.{src,tgt}`` in ``raw_dir``; the project's shared data holds the
+    shortest 50,001 deu-eng pairs, sorted by length): lines 1-20,000 train, the next 1,000
+    valid, the next 1,000 test (:data:`TATOEBA_SPLITS`)."""
+    check_languages_differ(src, tgt)
+    if raw_dir is None or not Path(raw_dir).is_dir():
+        raise EvokdError(
+            f"--raw-dir {raw_dir}: expected a folder holding tatoeba.{src} and tatoeba.{tgt} "
+            "(Tatoeba is not shipped with evokd)"
+        )
+    files = [Path(raw_dir) / f"tatoeba.{lang}" for lang in (src, tgt)]
+    return SlicedCorpus("tatoeba", files, TATOEBA_SPLITS, src, tgt)
 
 
 def text_corpus(train, valid, test, src="de", tgt="en"):

@@ -130,16 +130,18 @@ MAX_POSITIONS = 1024
 
 def build_corpus(name, src="de", tgt="en", raw_dir=None, archive=None, cache_dir=None,
                  train=None, valid=None, test=None):  # fmt: skip
-    """The corpus ``name`` (multi30k, iwslt14 or text); IWSLT14 is downloaded when no
+    """The corpus ``name`` (multi30k, tatoeba, iwslt14 or text); IWSLT14 is downloaded when no
     ``archive`` is given."""
     from evokd.data import corpora, iwslt14
 
     if name == "multi30k":
         return corpora.multi30k(raw_dir, src, tgt)
+    if name == "tatoeba":
+        return corpora.tatoeba(raw_dir, src, tgt)
     if name == "text":
         return corpora.text_corpus(train, valid, test, src, tgt)
     if name != "iwslt14":
-        raise EvokdError(f"corpus {name!r}: expected multi30k, iwslt14 or text")
+        raise EvokdError(f"corpus {name!r}: expected multi30k, tatoeba, iwslt14 or text")
     iwslt14.check_languages(src, tgt)  # before a download
     return iwslt14.Iwslt14(archive or iwslt14.download(cache_dir), src, tgt)
 
