@@ -3,6 +3,7 @@ row per stage, the chain's cost against the same stages without teachers, the pa
 significance tests, the learning curves, and the mean over seeds. The report is written
 once, from all of them (:func:`write_results`)."""
 
+import json
 import logging
 import os
 import time
@@ -182,18 +183,40 @@ def write_results(plan, trainer, scores):
 
 
 def report_seeds(plan, rows_per_seed, results):
-    """Mean and deviation over seeds of every stage, into ``results/results.md``."""
-    from evokd.chain.report import seeds_table
-    from evokd.chain.seeds import aggregate
+    """Mean and deviation over seeds of every stage, and the plan's ``compare:`` pairs
+    tested across seeds (read with each seed's own paired bootstrap from
+    ``results/seedS/results.json``), into ``results/results.{md,json}`` and
+    ``results/seeds.png``; returns the Markdown."""
+    from evokd.chain.report import SEEDS_COMPARISON_NOTE, seeds_comparison_table, seeds_table
+    from evokd.chain.seeds import aggregate, compare_over_seeds, plot_seeds
 
     seed_rows = aggregate(rows_per_seed)
-    table = seeds_table(seed_rows)
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
+    bootstrap = {seed: _significance(results / f"seed{seed}") for seed in rows_per_seed}
+    compared = compare_over_seeds(plan.compare, rows_per_seed, bootstrap)
     seeds = ", ".join(str(s) for s in rows_per_seed)
-    text = f"# {plan.name} over seeds {seeds}\n\n{table}\n"
+    text = f"# {plan.name} over seeds {seeds}\n\n{seeds_table(seed_rows)}\n"
+    text += "\nMean ± sample standard deviation (n - 1) of each stage's scores.\n"
+    if compared:
+        text += "\n## Compared across seeds\n\n" + seeds_comparison_table(compared) + "\n"
+        text += "\n" + SEEDS_COMPARISON_NOTE + "\n"
+    stages = [row["stage"] for row in seed_rows]
+    plot_seeds(
+        rows_per_seed, stages, results / "seeds.png", title=f"{plan.name}: test BLEU per seed"
+    )
+    text += "\n![test BLEU per seed; bars: the mean](seeds.png)\n"
     for seed in rows_per_seed:
         text += f"\n- seed {seed}: [seed{seed}/results.md](seed{seed}/results.md)"
-    steps.write_json(results / "results.json", {"seeds": list(rows_per_seed), "rows": seed_rows})
+    record = {"seeds": list(rows_per_seed), "rows": seed_rows, "compared": compared}
+    steps.write_json(results / "results.json", record)
     (results / "results.md").write_text(text + "\n", encoding="utf-8")
-    return table
+    return text
+
+
+def _significance(results):
+    """The paired bootstrap rows of a run's report (``results.json``), [] when none."""
+    path = Path(results) / "results.json"
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text(encoding="utf-8")).get("significance") or []

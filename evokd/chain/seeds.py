@@ -39,3 +39,92 @@ def aggregate(rows_per_seed, fields=SCORES):
             row[f"{field}_std"] = statistics.stdev(present) if len(present) > 1 else None
         out.append(row)
     return out
+
+
+def compare_over_seeds(pairs, rows_per_seed, bootstrap_per_seed=None, fields=("bleu", "chrf")):
+    """The plan's ``compare:`` pairs over seeds: one row per (pair, metric) with the seeds
+    that scored both stages, their scores, the paired statistics of
+    :func:`evokd.evaluation.seeds.across_seeds` and, per seed, the paired bootstrap's
+    p-value from that seed's own report (``bootstrap_per_seed``: seed -> significance rows of
+    :func:`evokd.evaluation.significance.compare_stages`; None where a seed has none).
+
+    Row keys: ``system``, ``baseline``, ``key``, ``seeds``, ``system_scores``,
+    ``baseline_scores``, ``bootstrap_p`` and those of ``across_seeds``.
+    """
+    from evokd.evaluation.seeds import across_seeds
+
+    out = []
+    for system, baseline in pairs:
+        for field in fields:
+            seeds, system_scores, baseline_scores, bootstrap = [], [], [], []
+            for seed, rows in rows_per_seed.items():
+                by_stage = {row["stage"]: row for row in rows}
+                s = (by_stage.get(system) or {}).get(field)
+                b = (by_stage.get(baseline) or {}).get(field)
+                if s is None or b is None:
+                    continue
+                seeds.append(seed)
+                system_scores.append(float(s))
+                baseline_scores.append(float(b))
+                bootstrap.append(
+                    _bootstrap_p((bootstrap_per_seed or {}).get(seed), system, baseline, field)
+                )
+            if not seeds:
+                continue
+            row = {"system": system, "baseline": baseline, "key": field, "seeds": seeds}
+            row.update(system_scores=system_scores, baseline_scores=baseline_scores)
+            row["bootstrap_p"] = bootstrap
+            row.update(across_seeds(system_scores, baseline_scores))
+            out.append(row)
+    return out
+
+
+def _bootstrap_p(significance, system, baseline, key):
+    for row in significance or ():
+        if (row.get("system_stage"), row.get("baseline_stage"), row.get("key")) == (
+            system,
+            baseline,
+            key,
+        ):
+            return row.get("p_value")
+    return None
+
+
+def plot_seeds(rows_per_seed, stages, path, metric="bleu", title=None):
+    """``path`` (PNG): one point per seed and stage (``stages``, in that order, on the x
+    axis; one marker per seed), each stage's mean marked by a bar."""
+    from evokd.core import plots
+    from evokd.files import write_png
+
+    fig = plots.figure(width=max(5.0, 1.3 * len(stages) + 2), height=4.0)
+    ax = fig.add_subplot()
+    seeds = list(rows_per_seed)
+    marks = plots.styles(len(seeds))
+    for i, seed in enumerate(seeds):
+        by_stage = {row["stage"]: row for row in rows_per_seed[seed]}
+        xs, ys = [], []
+        for x, stage in enumerate(stages):
+            value = (by_stage.get(stage) or {}).get(metric)
+            if value is not None:
+                xs.append(x + (i - (len(seeds) - 1) / 2) * 0.08)
+                ys.append(float(value))
+        colour, _, marker = marks[i]
+        ax.plot(xs, ys, linestyle="none", marker=marker, color=colour, label=f"seed {seed}")
+    for x, stage in enumerate(stages):
+        values = [
+            float(row[metric])
+            for rows in rows_per_seed.values()
+            for row in rows
+            if row["stage"] == stage and row.get(metric) is not None
+        ]
+        if values:
+            mean = statistics.mean(values)
+            ax.hlines(mean, x - 0.3, x + 0.3, color="black", linewidth=2)
+            ax.annotate(f"{mean:.2f}", (x + 0.32, mean), fontsize=8, va="center")
+    ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(stages) - 0.2)
+    ax.set_ylabel({"bleu": "tokenized BLEU", "chrf": "chrF"}.get(metric, metric) + " (test)")
+    ax.set_title(title or f"{metric} per seed; bars: the mean over seeds", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    write_png(fig, path)
+    return path

@@ -98,9 +98,7 @@ class SlicedCorpus(Corpus):
         lines = check_parallel(*self.files, "all")
         stop = max(stop for _, stop in self.ranges.values())
         if lines < stop:
-            raise EvokdError(
-                f"{self.files[0]}: {lines} lines; the {self.name} splits need {stop}"
-            )
+            raise EvokdError(f"{self.files[0]}: {lines} lines; the {self.name} splits need {stop}")
 
     def size(self, split):
         start, stop = self.ranges[split]

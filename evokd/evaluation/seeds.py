@@ -34,7 +34,7 @@ def across_seeds(system, baseline, confidence=0.95):
     Returns a dict: ``n``, ``differences``, ``mean``, ``sd``, ``ci`` ([low, high]),
     ``t``, ``t_p``, ``wilcoxon``, ``wilcoxon_p`` and ``wilcoxon_min_p``; the statistics
     that need two seeds (all but ``differences`` and ``mean``) are None with one, and the
-    tests are None when every difference is 0.
+    tests are None when every difference is the same (no spread to test against).
     """
     system, baseline = [float(x) for x in system], [float(x) for x in baseline]
     if len(system) != len(baseline):
@@ -62,7 +62,7 @@ def across_seeds(system, baseline, confidence=0.95):
     sd = statistics.stdev(differences)
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
     out.update(sd=sd, ci=[out["mean"] - half, out["mean"] + half])
-    if any(differences):
+    if sd > 0:
         t = stats.ttest_rel(system, baseline)
         w = stats.wilcoxon(system, baseline, alternative="two-sided")
         out.update(
