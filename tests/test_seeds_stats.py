@@ -9,7 +9,6 @@ import pytest
 
 from evokd.chain import seeds
 from evokd.chain.plan import Plan, Stage
-from evokd.chain.report import seeds_comparison_table
 from evokd.chain.results import report_seeds
 from evokd.evaluation.seeds import across_seeds
 
@@ -97,7 +96,7 @@ def test_compare_over_seeds_pairs_only_seeds_with_both():
     assert bleu["seeds"] == [3, 4] and bleu["differences"] == [1.0, 1.5]
     assert bleu["bootstrap_p"] == [0.02, None] and chrf["bootstrap_p"] == [None, None]
     assert bleu["mean"] == pytest.approx(1.25)
-    table = seeds_comparison_table(found)
+    table = seeds.seeds_comparison_table(found)
     line = "| tokenized BLEU | 2 | 3: +1.00 (0.0200); 4: +1.50 | +1.25 |"
     assert f"| master_student | senior_student_long {line}" in table
     # t(0.975, 1) = 12.7062: 1.25 ± 12.7062 * 0.35355 / sqrt(2)

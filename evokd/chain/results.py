@@ -187,8 +187,14 @@ def report_seeds(plan, rows_per_seed, results):
     tested across seeds (read with each seed's own paired bootstrap from
     ``results/seedS/results.json``), into ``results/results.{md,json}`` and
     ``results/seeds.png``; returns the Markdown."""
-    from evokd.chain.report import SEEDS_COMPARISON_NOTE, seeds_comparison_table, seeds_table
-    from evokd.chain.seeds import aggregate, compare_over_seeds, plot_seeds
+    from evokd.chain.report import seeds_table
+    from evokd.chain.seeds import (
+        SEEDS_COMPARISON_NOTE,
+        aggregate,
+        compare_over_seeds,
+        plot_seeds,
+        seeds_comparison_table,
+    )
 
     seed_rows = aggregate(rows_per_seed)
     results = Path(results)

@@ -7,6 +7,8 @@ shows the result as "mean ± std" per stage.
 
 import statistics
 
+from evokd.chain.report import MISSING, SIGNIFICANCE_NAMES, _cell, _p_value
+
 SCORES = ("bleu", "sacrebleu", "chrf")
 KEPT = ("architecture", "parameters", "teacher", "seqkd_teacher", "init_from", "role")
 
@@ -128,3 +130,51 @@ def plot_seeds(rows_per_seed, stages, path, metric="bleu", title=None):
     ax.legend(fontsize=8, loc="best")
     write_png(fig, path)
     return path
+
+
+def _interval(pair):
+    return MISSING if not pair else f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
+def seeds_comparison_table(rows):
+    """The ``compare:`` pairs over seeds as a Markdown table, one line per pair and metric.
+
+    ``rows``: :func:`evokd.chain.seeds.compare_over_seeds` results: the per-seed
+    differences (system minus baseline) with each seed's paired bootstrap p-value in
+    brackets, their mean with its 95% confidence interval (t, n - 1), the paired t-test and
+    the Wilcoxon signed-rank test over seeds.
+    """
+    lines = [
+        "| system | against | metric | seeds | difference per seed (bootstrap p) | mean "
+        "difference | 95% CI | t-test p | Wilcoxon p |",
+        "|---|---|---|--:|---|--:|--:|--:|--:|",
+    ]
+    for row in rows:
+        per_seed = []
+        for seed, d, p in zip(row["seeds"], row["differences"], row["bootstrap_p"]):
+            per_seed.append(f"{seed}: {d:+.2f}" + ("" if p is None else f" ({_p_value(p)})"))
+        cells = [
+            _cell("stage", row["system"]),
+            _cell("stage", row["baseline"]),
+            SIGNIFICANCE_NAMES.get(row["key"], row["key"]),
+            str(row["n"]),
+            "; ".join(per_seed),
+            f"{row['mean']:+.2f}",
+            _interval(row.get("ci")),
+            _p_value(row.get("t_p")),
+            _p_value(row.get("wilcoxon_p")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+SEEDS_COMPARISON_NOTE = (
+    "Each seed trains both stages with the same seed; the unit of the tests is the seed. "
+    "The interval is the 95% confidence interval of the mean difference (Student's t, n - 1 "
+    "degrees of freedom); the t-test is scipy's paired `ttest_rel`, the Wilcoxon test "
+    "scipy's exact signed-rank test (two-sided), whose smallest p-value with n seeds is "
+    "2 / 2^n (0.125 with 4, 0.0625 with 5): below 6 seeds it cannot reach 0.05. With so "
+    "few seeds an interval that holds 0 means not detected, not no difference. The "
+    "bootstrap p-values in brackets are each seed's own paired bootstrap on the test "
+    "sentences: they measure the test set's sampling, not training variance."
+)
