@@ -56,6 +56,10 @@ COMMANDS = {
 }
 
 
+# libraries whose INFO lines are their own business: shown with --verbose, else warnings only
+QUIET_LOGGERS = ("fairseq", "fairseq_cli", "hydra", "transformers")
+
+
 def _setup_logging():
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
@@ -113,6 +117,8 @@ def main(argv=None):
     args.passthrough = passthrough
     if not args.verbose:
         warnings.simplefilter("ignore")  # deprecation notes of hydra, omegaconf and fairseq
+        for name in QUIET_LOGGERS:  # fairseq run in-process (caches, distilled data)
+            logging.getLogger(name).setLevel(logging.WARNING)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
