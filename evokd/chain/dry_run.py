@@ -1,13 +1,15 @@
 """``evokd chain --dry-run``: every check a real run makes before training, then every step
 it would take, in order: the data's preparation (and whether it needs the network), each
-stage's sequence-level KD data and teacher cache, its ``fairseq-train`` command, the
-evaluation and the report. Nothing is prepared, built, trained or written."""
+stage's sequence-level KD data (by which teacher, and the ``evokd distill-data`` command
+that builds the same) and teacher cache, its ``fairseq-train`` command, the evaluation and
+the report. Nothing is prepared, built, trained or written."""
 
 import shlex
 from pathlib import Path
 
-from evokd.chain.plan import cache_spec, validate
+from evokd.chain.plan import cache_spec, flags_to_args, validate
 from evokd.chain.progress import Progress
+from evokd.chain.teachers import kind
 
 
 def preparation(plan):
@@ -81,11 +83,15 @@ def teacher_steps(chain, stage, seen):
         out = Path(layout.stage_data(stage))
         seen.add(out)
         state = "built" if (out / "distill.json").is_file() else "to build"
-        teacher = layout.best_checkpoint(stage.seqkd["teacher"])
+        command = distill_command(chain, stage)
+        teacher = command[command.index("--teacher") + 1]
+        how = "" if kind(teacher) == "fairseq" else "raw "
         lines.append(
-            f"#   sequence-level KD data {out} ({state}): {teacher} translates the training "
-            f"source of {chain.plan.data}"
+            f"#   sequence-level KD data {out} ({state}): the {kind(teacher)} teacher {teacher} "
+            f"translates the {how}training source of {chain.plan.data}"
         )
+        if state == "to build":
+            lines.append(shlex.join(command))
     spec = cache_spec(chain.plan, stage)
     if spec and layout.cache_dir(stage) not in seen:
         out = layout.cache_dir(stage)
@@ -97,3 +103,14 @@ def teacher_steps(chain, stage, seen):
             f"{layout.stage_data(stage)}"
         )
     return lines
+
+
+def distill_command(chain, stage):
+    """The ``evokd distill-data`` command that builds the same data as the chain's step for
+    ``stage`` (:meth:`evokd.chain.runner.Chain.distill`), the plan's ``seqkd:`` options as
+    its flags."""
+    layout, spec = chain.layout, dict(stage.seqkd)
+    teacher = layout.teacher_path(spec.pop("teacher"))
+    command = ["evokd", "distill-data", "--teacher", teacher, "--data", chain.plan.data]
+    command += ["--out", layout.stage_data(stage)] + flags_to_args(spec)
+    return command + ([] if chain.devices.cuda else ["--cpu"])

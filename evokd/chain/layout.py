@@ -10,11 +10,15 @@ CHECKPOINTS/RUN/steps/KIND-NAME.json       the record of a teacher step
 CHECKPOINTS/RUN/jobs/KIND-NAME.json        when and in which job slot a step last ran
 CHECKPOINTS/RUN/jobs/slurm.json            the Slurm job id of every submitted step
 CHECKPOINTS/RUN/jobs/KIND-NAME.sbatch, .log   a step's Slurm job script and its output
-DATA.seqkd-RUN-TEACHER[+refs]        sequence-level KD data, beside the plan's data
+DATA.seqkd-RUN-TEACHER[+refs]        sequence-level KD data, beside the plan's data (TEACHER:
+                                    a stage, a checkpoint's folder-stem, or for a model
+                                    folder or server URL its name and a digest)
 RESULTS/RUN/stages/STAGE.json        a stage's evaluation
 RESULTS/RUN/results.{json,md,png}    the report
 """
 
+import hashlib
+import re
 from pathlib import Path
 
 from evokd.chain.plan import cache_spec
@@ -52,12 +56,30 @@ class Layout:
             return self.stage_dir(self.plan.stage(name_or_path)) / "checkpoint_best.pt"
         return Path(name_or_path)
 
-    def model_name(self, ref):
-        """A stage's name, or for a checkpoint file its folder and stem (two files called
-        checkpoint_best.pt name different models)."""
+    def model_name(self, ref, model=None):
+        """A stage's name; for a checkpoint file its folder and stem (two files called
+        checkpoint_best.pt name different models); for a model folder or a server URL (with
+        the served ``model``) a readable name and the digest of what it is, as a folder
+        name."""
         if ref in self.plan.stage_names:
             return ref
-        return f"{Path(ref).parent.name}-{Path(ref).stem}".lstrip("-")
+        text = str(ref)
+        if is_url(text):
+            readable = re.sub(r"^https?://|/v1/?$", "", text) + (f"-{model}" if model else "")
+        elif Path(text).suffix == ".pt" or Path(text).is_file():
+            return f"{Path(ref).parent.name}-{Path(ref).stem}".lstrip("-")
+        else:  # a model folder: by where it is, wherever the plan is run from
+            text = str(Path(text).resolve())
+            readable = Path(text).name
+        digest = hashlib.sha256(f"{text}\n{model or ''}".encode()).hexdigest()[:8]
+        return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', readable).strip('-.')}-{digest}"
+
+    def teacher_path(self, ref):
+        """What a teacher is read from: a stage's best checkpoint, a checkpoint file, or the
+        model folder or server URL as the plan gives it."""
+        if is_url(ref) or (ref not in self.plan.stage_names and Path(ref).is_dir()):
+            return str(ref)
+        return str(self.best_checkpoint(ref))
 
     def stage_data(self, stage):
         """The binarized folder a stage trains on."""
@@ -66,7 +88,7 @@ class Layout:
         if stage.seqkd:
             spec = stage.seqkd
             suffix = "+refs" if spec.get("keep-references") else ""
-            teacher = self.model_name(spec["teacher"])
+            teacher = self.model_name(spec["teacher"], spec.get("teacher-model"))
             run = self.run_name.replace("/", "-")  # tiny/seed2 -> tiny-seed2
             return f"{self.plan.data.rstrip('/')}.seqkd-{run}-{teacher}{suffix}"
         return self.plan.data
@@ -106,3 +128,7 @@ class Layout:
 
     def evaluation_path(self, stage):
         return self.results / "stages" / f"{stage.name}.json"
+
+
+def is_url(ref):
+    return str(ref).startswith(("http://", "https://"))

@@ -18,9 +18,11 @@ A plan is a YAML file (the presets ship in ``evokd/plans/``)::
       - {name: master_student, arch: transformer_evokd_tiny_student, max_epoch: 3,
          teacher: senior_teacher, init_from: junior_student}
 
-``teacher`` and ``init_from`` name a stage of the plan or a checkpoint file. Flags are
-written without the leading dashes; ``true`` is a bare switch, ``false``/``null`` leaves
-it out, a mapping becomes a JSON string, a list becomes several values.
+``teacher`` and ``init_from`` name a stage of the plan or a checkpoint file; a stage's
+``seqkd: {teacher: ...}`` may also name a model folder or a server URL, with that teacher's
+options as more keys (:mod:`evokd.chain.teachers`). Flags are written without the leading
+dashes; ``true`` is a bare switch, ``false``/``null`` leaves it out, a mapping becomes a
+JSON string, a list becomes several values.
 """
 
 import json
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from evokd.chain.teachers import check_reference, check_seqkd
 from evokd.errors import EvokdError
 from evokd.files import check_name
 
@@ -37,7 +40,6 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "plans"
 STAGE_KEYS = {"name", "arch", "teacher", "init_from", "max_epoch", "max_update", "kd", "flags"}
 STAGE_KEYS |= {"description", "data", "seqkd", "init_from_state", "slurm"}
 INIT_STATES = ("weights", "training")
-SEQKD_KEYS = {"teacher", "beam", "lenpen", "max-len-a", "max-len-b", "keep-references"}
 PLAN_KEYS = {"name", "description", "data", "prepare", "train", "kd", "evaluate", "stages"}
 PLAN_KEYS |= {"seeds", "shared", "compare", "slurm", "jobs"}
 # a job's resources under Slurm (``slurm:`` in a plan, or over it in a stage)
@@ -48,7 +50,7 @@ SLURM_KEYS = {"partition", "time", "gpus", "cpus", "mem", "nodes", "options"}
 class Stage:
     name: str
     arch: str
-    teacher: Optional[str] = None  # a stage of the plan, or a checkpoint file
+    teacher: Optional[str] = None  # a stage of the plan, or a checkpoint file (word-level KD)
     init_from: Optional[str] = None  # a stage of the plan, or a checkpoint file
     max_epoch: Optional[int] = None
     max_update: Optional[int] = None
@@ -56,7 +58,7 @@ class Stage:
     flags: dict = field(default_factory=dict)  # fairseq flags over the plan's
     description: str = ""
     data: Optional[str] = None  # train on this binarized folder instead of the plan's
-    seqkd: Optional[dict] = None  # train on data translated by a teacher (Kim and Rush)
+    seqkd: Optional[dict] = None  # train on data translated by any teacher (Kim and Rush)
     # with init_from: "weights" (the paper: fresh optimizer, the warm-up again) or
     # "training" (the weights with the optimizer and the LR schedule's position)
     init_from_state: str = "weights"
@@ -171,8 +173,9 @@ def load_plan(name_or_path):
         shared=[str(x) for x in raw.get("shared") or []],
         compare=[[str(a), str(b)] for a, b in raw.get("compare") or []],
     )
-    for stage in plan.stages:
-        cache_spec(plan, stage)  # a bad cache spec fails here, naming its stage
+    for stage in plan.stages:  # a bad cache or seqkd spec fails here, naming its stage
+        cache_spec(plan, stage)
+        check_seqkd(f"{where}: stage {stage.name}", stage, plan.stage_names)
     return plan
 
 
@@ -200,11 +203,7 @@ def _stage(where, index, raw):
     if seqkd is not None:
         if not isinstance(seqkd, dict) or not seqkd.get("teacher"):
             raise EvokdError(f"{here}: 'seqkd' must be a mapping with a 'teacher'")
-        unknown = set(seqkd) - SEQKD_KEYS
-        if unknown:
-            raise EvokdError(
-                f"{here}: seqkd: unknown keys {sorted(unknown)} (allowed: {sorted(SEQKD_KEYS)})"
-            )
+        seqkd = {str(k).replace("_", "-"): v for k, v in seqkd.items()}  # keys checked by load_plan
         if raw.get("data"):
             raise EvokdError(f"{here}: give 'data' or 'seqkd', not both")
     state = raw.get("init_from_state", "weights")
@@ -224,7 +223,7 @@ def _stage(where, index, raw):
         flags=dict(raw.get("flags") or {}),
         description=str(raw.get("description") or ""),
         data=_optional_str(raw.get("data")),
-        seqkd=dict(seqkd) if seqkd else None,
+        seqkd=seqkd or None,
         slurm=slurm_spec(here, raw.get("slurm")),
     )
 
@@ -307,13 +306,8 @@ def validate(plan, data_required=True):
                 "transformer_evokd_* names in the README)"
             )
         for key, ref in stage.references():
-            if ref in names:
-                continue
-            if not os.path.isfile(ref):
-                raise EvokdError(
-                    f"plan {plan.name}: stage {stage.name}: {key} {ref!r} is neither a stage "
-                    f"of this plan ({', '.join(plan.stage_names)}) nor a checkpoint file"
-                )
+            if ref not in names and not os.path.isfile(ref):
+                check_reference(f"plan {plan.name}: stage {stage.name}", key, ref, plan.stage_names)
         if stage.init_from in names and plan.stage(stage.init_from).arch != stage.arch:
             other = plan.stage(stage.init_from)
             raise EvokdError(

@@ -34,6 +34,7 @@ from evokd.chain.layout import Layout
 from evokd.chain.plan import cache_spec, ordered, validate
 from evokd.chain.progress import Progress, clock
 from evokd.chain.stage import StageTrainer
+from evokd.chain.teachers import is_text_teacher, kind, seqkd_options
 from evokd.core.devices import stop_running, torch_threads
 from evokd.errors import EvokdError
 
@@ -93,7 +94,7 @@ class Chain:
                         f"stage {stage.name} needs its {key} {ref}, which has not been "
                         f"trained yet ({self.layout.best_checkpoint(ref)} missing): run {how} first"
                     )
-            elif not os.path.isfile(ref):
+            elif not os.path.isfile(ref) and not is_text_teacher(ref):
                 raise EvokdError(f"stage {stage.name}: {key} {ref}: no such checkpoint file")
 
     def wait_for_first_node(self, stage, timeout=1800, poll=2.0):
@@ -144,7 +145,9 @@ class Chain:
         return record
 
     def distill(self, stage, tag=""):
-        """Sequence-level KD data for ``stage``: the teacher translates the training source."""
+        """Sequence-level KD data for ``stage``: its teacher, of any kind, translates the
+        training source, as ``evokd distill-data`` does
+        (:func:`evokd.chain.dry_run.distill_command`)."""
         out = Path(self.layout.stage_data(stage))
         if (out / "distill.json").is_file():
             from evokd.distill.seqkd import open_distilled
@@ -157,18 +160,19 @@ class Chain:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another chain on a shared folder: wait for it
             if (out / "distill.json").is_file():
                 return
-            from evokd.distill.seqkd import distill_data
+            from evokd.distill.any_teacher import distill_any
 
-            spec = {k.replace("-", "_"): v for k, v in stage.seqkd.items() if k != "teacher"}
-            teacher = self.layout.best_checkpoint(stage.seqkd["teacher"])
+            teacher = self.layout.teacher_path(stage.seqkd["teacher"])
+            what = kind(teacher)
             self.progress(
-                f"  sequence-level KD data {out.name}{tag}: {teacher} translates the training set"
+                f"  sequence-level KD data {out.name}{tag}: the {what} teacher {teacher} "
+                "translates the training set"
             )
             start = time.time()
             with warnings.catch_warnings(action="ignore"):
-                distill_data(str(teacher), self.plan.data, str(out), cpu=not self.devices.cuda,
-                             **spec)  # fmt: skip
-            record = {"step": "distill", "name": out.name, "teacher": str(teacher)}
+                distill_any(teacher, self.plan.data, str(out), cpu=not self.devices.cuda,
+                            where=f"stage {stage.name}: seqkd", **seqkd_options(stage))  # fmt: skip
+            record = {"step": "distill", "name": out.name, "teacher": teacher, "kind": what}
             record["seconds"] = time.time() - start
             steps.write_json(path, record)
         self.progress(

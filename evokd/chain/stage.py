@@ -22,9 +22,11 @@ from pathlib import Path
 
 from evokd import files as steps
 from evokd.chain.plan import cache_spec, flags_to_args, kd_flags
+from evokd.chain.teachers import is_text_teacher
 from evokd.core.devices import Devices, run_logged
 from evokd.core.runtime import USER_DIR
 from evokd.errors import EvokdError
+from evokd.teachers.text import check_word_level_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +144,9 @@ class StageTrainer:
     def check_models(self, stage):
         """The checkpoint files the plan names for ``stage`` (teacher, init_from, seqkd
         teacher) are readable fairseq checkpoints on the dictionaries of its data (once the
-        data is prepared), and its teacher cache, once built, fits its teacher and data."""
+        data is prepared), and its teacher cache, once built, fits its teacher and data. A
+        word-level teacher with its own vocabulary (a model folder, a server) is refused; a
+        sequence-level one is opened when its data is built."""
         from evokd.core.checkpoint import check_dictionaries, languages, load_checkpoint
 
         data = next(
@@ -153,6 +157,10 @@ class StageTrainer:
             if ref in self.plan.stage_names:
                 continue
             where = f"plan {self.plan.name}: stage {stage.name}: {key}"
+            if is_text_teacher(ref):
+                if key == "teacher":
+                    check_word_level_teacher(ref, data or self.plan.data, *pair(data), where)
+                continue
             state = load_checkpoint(ref, where)
             if data is not None:
                 src, tgt = languages(state, data)
@@ -280,6 +288,13 @@ class StageTrainer:
 
 def has_dictionaries(data):
     return data is not None and any(Path(data).glob("dict.*.txt"))
+
+
+def pair(data):
+    """(source, target) language of binarized ``data``; (None, None) before it is there."""
+    from fairseq.data.data_utils import infer_language_pair
+
+    return infer_language_pair(str(data)) if data else (None, None)
 
 
 def failure_line(log):
