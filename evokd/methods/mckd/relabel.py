@@ -1,9 +1,13 @@
 """Collaborative multi-stage relabelling, after MCKD (Zhao et al., "Multistage Collaborative
 Knowledge Distillation from a Large Language Model for Semi-Supervised Sequence
-Generation", ACL 2024), with a fairseq teacher and fairseq students.
+Generation", ACL 2024), with fairseq students.
 
-The teacher's translations of the training source are the first pseudo-labels. The pool is
-split in two halves by a seeded permutation of the example ids. At every stage k two fresh
+The first pseudo-labels are a teacher's translations of the training source (a fairseq
+checkpoint, or a teacher with its own vocabulary such as an LLM, through the text bridge of
+``evokd distill-data``), or a file of them (:mod:`evokd.methods.mckd.first_labels`). The
+pairs that have one are the pool (every pair of DATA unless a bad output was dropped); the
+pool is split in two halves by a seeded permutation of its ids (positions in
+``labels/teacher``, equal to DATA's ids when no pair was dropped). At every stage k two fresh
 students are trained from scratch, A_k on half A's labels and B_k on half B's, and each
 relabels the half it has not seen: B_k translates A's sources, A_k translates B's. Those
 translations are the labels of stage k + 1. After K stages a final student trains on both
@@ -16,15 +20,16 @@ pairs than its ids is refused). A rerun of a finished run with the same settings
 step and writes the report again; with other settings it is refused, naming them::
 
     DIR/mckd_settings.json          the settings DIR was made with; a rerun must match them
-    DIR/labels/teacher/             distill_data(teacher, DATA): the n pairs, teacher labels
+    DIR/labels/teacher/             the first labels of the n pairs of the pool, from
+                                    distill_data or distill_text(teacher, DATA) or the file
     DIR/split.json                  seed, n, and the ids of half A and of half B, in order
     DIR/labels/stage1/{A,B}/        one binarized folder per half: train = the half's sources
                                     and labels; valid/test and dictionaries copied from DATA;
-                                    mckd_ids.txt: line j holds the original id of pair j
+                                    mckd_ids.txt: line j holds the pool id of pair j
     DIR/labels/stage{k+1}/A/        distill_data(B_k, labels/stage{k}/A): B_k's labels of A
     DIR/labels/stage{k+1}/B/        distill_data(A_k, labels/stage{k}/B): A_k's labels of B
     DIR/labels/stage{k}/scores.json those labels scored against the training references
-    DIR/labels/final/               all n pairs in their original order, the last labels
+    DIR/labels/final/               the n pairs of the pool in their order, the last labels
     DIR/checkpoints/mckd/STAGE/     student_A1, student_B1, ..., final_student
     DIR/results/mckd/stages/        the final student's test scores (fairseq-generate)
     DIR/mckd.json, DIR/mckd.md      the report
@@ -47,13 +52,13 @@ from evokd.chain.plan import Plan, Stage, validate
 from evokd.chain.results import evaluate_stage
 from evokd.chain.stage import StageTrainer
 from evokd.core.build import check_complete, check_count
-from evokd.core.checkpoint import check_exists, languages, load_checkpoint
 from evokd.core.decoding import DECODING
 from evokd.core.devices import Devices
 from evokd.data.folder import data_digest, language_pair, load_side, subset_size, write_folder
 from evokd.distill.seqkd import META as DISTILLED
 from evokd.distill.seqkd import distill_data, open_distilled
 from evokd.errors import EvokdError, check_number
+from evokd.methods.mckd import first_labels
 from evokd.methods.mckd import report as mckd_report
 from evokd.methods.mckd.report import FORMAT, HALVES
 
@@ -75,10 +80,11 @@ def split_ids(n, seed):
 class Relabelling:
     """One MCKD run in ``out``: its folders, its steps and its report (see the module doc)."""
 
-    def __init__(self, out, settings, devices, extra_args=()):
+    def __init__(self, out, settings, devices, extra_args=(), options=None):
         self.out = Path(os.path.abspath(out))  # the chain records its stages' data by path
         self.settings, self.devices, self.extra_args = settings, devices, list(extra_args)
-        self.teacher, self.data = settings["teacher"], Path(settings["data"])
+        self.options = first_labels.options_of(options)  # how a text teacher is asked
+        self.teacher, self.data = settings.get("teacher"), Path(settings["data"])
         self.src, self.tgt, self.pair = (
             settings[k] for k in ("source_lang", "target_lang", "pair")
         )
@@ -136,6 +142,7 @@ class Relabelling:
         self._step(name, out, meta.is_file, work, lambda: steps.read_json(meta)["wall_seconds"])
         info = open_distilled(out, "mckd:")  # counted: every pair relabelled, once
         check_count(f"mckd: {out}", info["examples"], _pairs(data, self.pair, self.src))
+        return info
 
     def train(self, stages):
         """Train ``stages`` (a finished one is skipped); returns their trainer."""
@@ -244,12 +251,26 @@ class Relabelling:
         n = sum(len(v) for v in ids.values())
         check_count(f"mckd: {dest}", _pairs(dest, self.pair, self.tgt), n)
 
+    def first(self):
+        """labels/teacher (see :mod:`evokd.methods.mckd.first_labels`): the pool's size."""
+        out, n = self.labels("teacher"), _pairs(self.data, self.pair, self.src)
+        if self.teacher is not None:  # a fairseq checkpoint labels every pair
+            info = self.relabel("teacher labels", self.teacher, self.data, out)
+        else:
+            meta, kind = out / DISTILLED, self.settings["first_labels"]["kind"]
+            self._step("labels file" if kind == first_labels.FILE else "teacher labels", out,
+                       meta.is_file, lambda: first_labels.make(self, out),
+                       lambda: steps.read_json(meta)["wall_seconds"])  # fmt: skip
+            info = open_distilled(out, "mckd:")  # every file as recorded
+            check_count(f"mckd: {out}", info["source_examples"], n, "pairs of DATA")
+        self.pool, self.source = first_labels.pool(self.settings, out, info)
+        return len(self.pool)
+
     # --- the whole run -----------------------------------------------------------------
 
-    def run(self, n, evaluate=True):
+    def run(self, evaluate=True):
         start, stages = time.perf_counter(), self.settings["stages"]
-        self.relabel("teacher labels", self.teacher, self.data, self.labels("teacher"))
-        ids = self.split(n)
+        ids = self.split(self.first())
         students = []
         for k in range(1, stages + 1):
             pair = {h: self.student(f"student_{h}{k}", self.labels(k, h)) for h in HALVES}
@@ -306,11 +327,19 @@ def run_mckd(
     max_tokens=DECODING["max_tokens"],
     evaluate=True,
     evaluate_args=None,
+    labels=None,
+    teacher_options=None,
 ):
     """Collaborative multi-stage relabelling into ``out`` (see the module doc).
 
-    ``stages``: K, the pairs of students (>= 1). ``arch``, ``max_epoch``: every student's
-    architecture and epochs. ``seed``: the split and fairseq's ``--seed`` of the students.
+    The first labels come from ``teacher`` (a fairseq checkpoint, a CTranslate2 or Hugging
+    Face model folder, or a server URL) or from the file ``labels`` (raw target sentences,
+    one per training pair): exactly one of the two (:mod:`evokd.methods.mckd.first_labels`).
+    ``teacher_options``: how a text teacher is asked and what becomes of bad outputs, by the
+    names of :data:`evokd.methods.mckd.first_labels.FLAGS` (``model``, ``on_bad_output``, ...;
+    the defaults of ``evokd distill-data``). ``stages``: K, the pairs of students (>= 1).
+    ``arch``, ``max_epoch``: every student's architecture and epochs. ``seed``: the split
+    and fairseq's ``--seed`` of the students.
     ``train_flags``: fairseq flags of every student, as a plan's ``train:`` section
     (default: the ``tiny`` preset's). ``devices``: a :class:`evokd.core.devices.Devices`.
     ``beam``, ``lenpen``, ``max_len_a``, ``max_len_b``, ``max_tokens``: decoding of every
@@ -324,7 +353,6 @@ def run_mckd(
 
     from evokd.chain.plan import load_plan
 
-    check_exists(str(teacher), "--teacher")
     if not Path(data).is_dir():
         raise EvokdError(f"--data {data}: no such folder (expected fairseq binarized data)")
     if max_epoch is None:
@@ -343,15 +371,16 @@ def run_mckd(
         raise EvokdError(f"--data {data}: holds no binarized data (dict.*.txt); run evokd prepare")
     if train_flags is None:
         train_flags = load_plan("tiny").train
-    src, tgt = languages(load_checkpoint(str(teacher), "--teacher"), data)
+    options = first_labels.options_of(teacher_options)
+    decoding = dict(beam=beam, max_len_a=max_len_a, max_len_b=max_len_b)
+    src, tgt, source = first_labels.describe(teacher, labels, data, decoding, options)
     pair = language_pair(data, "train", src, tgt)
     n = subset_size(data, "train", src, tgt)
     if n < 2:
         raise EvokdError(f"--data {data}: {n} training pairs; two halves need at least 2")
     settings = {
         "format": FORMAT,
-        "teacher": os.path.abspath(teacher),
-        "teacher_sha256": steps.file_digest(teacher),
+        **source,  # the fairseq teacher, or where the first labels come from
         "data": os.path.abspath(data),
         "data_sha256": data_digest(str(data), "train", *pair.split("-")),
         "source_lang": src,
@@ -366,5 +395,5 @@ def run_mckd(
     settings = json.loads(json.dumps(settings))  # as it reads back from the file
     hint = "rerun with its settings to resume it, or give another --out"
     steps.claim(out, SETTINGS, settings, "an evokd mckd folder", hint)
-    run = Relabelling(out, settings, devices or Devices(), extra_args)
-    return run.run(n, evaluate=evaluate)
+    run = Relabelling(out, settings, devices or Devices(), extra_args, options)
+    return run.run(evaluate=evaluate)

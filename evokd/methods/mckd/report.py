@@ -12,6 +12,7 @@ import os
 from evokd import files as steps
 from evokd.core.metrics import corpus_score, metric
 from evokd.data.folder import load_side
+from evokd.methods.mckd import first_labels
 
 FORMAT = "evokd-mckd/1"
 HALVES = ("A", "B")
@@ -37,8 +38,10 @@ def _strings(folder, data, pair, tgt):
 
 
 def references(run):
-    """DATA's training targets as tokenized text (BPE removed), in id order."""
-    return _strings(run.data, run.data, run.pair, run.tgt)
+    """The training targets of the pool's pairs (``run.pool``: every pair of DATA unless
+    some had no first label) as tokenized text (BPE removed), in the pool's order."""
+    refs = _strings(run.data, run.data, run.pair, run.tgt)
+    return [refs[i] for i in run.pool]
 
 
 def score_labels(run, k, ids, refs):
@@ -75,7 +78,9 @@ def report(run, ids, labels, students, trainer, final, test):
         del row["stamp"]
         row["folders"] = {h: str(run.labels(k, h)) for h in HALVES}
         if k == 1:
-            row["made_by"], row["seconds"] = "teacher", seconds["teacher labels"]
+            file = run.source["kind"] == first_labels.FILE
+            row["made_by"] = "labels file" if file else "teacher"
+            row["seconds"] = run.records[0]["seconds"]  # the first step made them
         else:
             row["made_by"] = f"student_B{k - 1} (half A), student_A{k - 1} (half B)"
             row["seconds"] = sum(
@@ -100,6 +105,7 @@ def report(run, ids, labels, students, trainer, final, test):
         "format": FORMAT,
         "method": METHOD,
         "settings": run.settings,
+        "first_labels": run.source,
         "split": {"seed": run.settings["seed"], **{h: len(ids[h]) for h in HALVES}},
         "metric": METRIC_NOTE,
         "labels": labels,
@@ -117,6 +123,8 @@ def markdown(report):
     """The report as Markdown: the labels of every stage, the students, the steps."""
     lines = [
         f"# {METHOD}",
+        "",
+        f"First labels: {first_labels.line(report['first_labels'])}.",
         "",
         f"Labels against the training references ({report['metric']}).",
         "",
