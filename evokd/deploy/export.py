@@ -1,18 +1,8 @@
 """Export a fairseq translation checkpoint to CTranslate2, the fast inference engine.
 
-The conversion is CTranslate2's own ``ctranslate2.converters.FairseqConverter``, run
-in-process. Two things stand between it and an evokd checkpoint:
-
-- torch >= 2.6 loads with ``weights_only=True``: the converter's ``torch.load`` needs the
-  types of :func:`evokd.core.checkpoint.register_safe_globals`, registered here first.
-- The converter rebuilds the checkpoint's *task* before its model. A student trained with
-  ``--task evokd_translation`` would then check that its ``--teacher-path`` and
-  ``--init-student-from`` files still exist and open its ``--teacher-cache``, none of which
-  inference needs. So the converter is given a copy of the checkpoint (in a temporary
-  folder) holding only the weights and the model config with the task set to plain
-  ``translation`` and the languages resolved. The architecture is untouched: the
-  ``transformer_evokd_*`` names are registered by importing :mod:`evokd` and resolve to
-  fairseq's ``transformer`` model, which the converter supports.
+The conversion itself (CTranslate2's ``FairseqConverter``, and what evokd checkpoints need
+for it) is :func:`evokd.core.ct2.convert`, shared with ``evokd distill-data --engine
+ctranslate2``.
 
 The model is written to ``OUT.partial`` and renamed to ``OUT`` when complete, with
 ``evokd_export.json`` recording what it was made from. With a shortlist
@@ -20,53 +10,31 @@ The model is written to ``OUT.partial`` and renamed to ``OUT`` when complete, wi
 when translating with ``use_vmap=True``.
 """
 
-import argparse
 import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from evokd import files
-from evokd.core.checkpoint import (
-    architecture,
-    check_dictionaries,
-    languages,
-    load_checkpoint,
-    model_config,
-    register_safe_globals,
+from evokd.core.checkpoint import check_dictionaries, languages, load_checkpoint, model_config
+from evokd.core.ct2 import (
+    MODEL_FILE,
+    QUANTIZATIONS,
+    check_quantization,
+    convert,
+    require_ctranslate2,
 )
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
 
-# ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES, known without importing ctranslate2
-QUANTIZATIONS = (
-    "int8",
-    "int8_float32",
-    "int8_float16",
-    "int8_bfloat16",
-    "int16",
-    "float16",
-    "bfloat16",
-    "float32",
-)
 EXPORT_INFO = "evokd_export.json"  # written into every exported model folder
-MODEL_FILE = "model.bin"  # CTranslate2's weights file
-# Task settings of evokd_translation that only training reads; cleared for the converter.
-_TRAINING_ONLY = ("teacher_path", "teacher_cache", "init_student_from")
 
-
-def require_ctranslate2():
-    """The ``ctranslate2`` module, or an error that says how to install it."""
-    try:
-        import ctranslate2
-    except ImportError as exc:
-        raise EvokdError(
-            'CTranslate2 is not installed: pip install -e ".[ct2]" (or pip install ctranslate2)'
-        ) from exc
-    return ctranslate2
+__all__ = [
+    "EXPORT_INFO", "MODEL_FILE", "QUANTIZATIONS", "export_ct2", "model_size", "require_ctranslate2",
+    "resolve_data",
+]  # fmt: skip
 
 
 def model_size(model_dir):
@@ -108,34 +76,6 @@ def resolve_data(state, data, checkpoint):
     )
 
 
-def _converter_args(state, data, src, tgt, checkpoint):
-    """The checkpoint's model config as the Namespace the converter reads, task made plain."""
-    cfg = model_config(state)
-    if not isinstance(cfg, argparse.Namespace):  # every model the converter supports has one
-        raise EvokdError(
-            f"{checkpoint}: architecture {architecture(state)!r} has no argparse config; "
-            "CTranslate2's fairseq converter supports "
-            "the transformer, transformer_align, multilingual_transformer and bart models"
-        )
-    args = argparse.Namespace(**vars(cfg))
-    for name in _TRAINING_ONLY:
-        if hasattr(args, name):
-            setattr(args, name, None)
-    args.task = "translation"
-    args.data, args.source_lang, args.target_lang = str(data), src, tgt
-    return args
-
-
-def _check_architecture(args, checkpoint):
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
-
-    if args.arch not in ARCH_MODEL_NAME_REGISTRY:
-        raise EvokdError(
-            f"{checkpoint}: architecture {args.arch!r} is not registered with fairseq "
-            "(a model from another plugin? import it before exporting)"
-        )
-
-
 def export_ct2(checkpoint, out, data=None, quantization="int8", force=False, shortlist=None):
     """Convert ``checkpoint`` into the CTranslate2 model folder ``out``.
 
@@ -149,10 +89,7 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False, sho
     :class:`evokd.deploy.shortlist.Shortlist` written as ``vmap.txt`` was built: its
     folder, sizes and coverage); a shortlist built from other dictionaries is an error.
     """
-    if quantization not in QUANTIZATIONS:
-        raise EvokdError(
-            f"--quantization {quantization}: expected one of {', '.join(QUANTIZATIONS)}"
-        )
+    check_quantization(quantization)
     ctranslate2 = require_ctranslate2()
     out = Path(out)
     _check_output(out, force)
@@ -164,27 +101,8 @@ def export_ct2(checkpoint, out, data=None, quantization="int8", force=False, sho
         from evokd.deploy.shortlist import check_same_dictionaries
 
         check_same_dictionaries(shortlist.info["data"], data, (src, tgt))
-    args = _converter_args(state, data, src, tgt, checkpoint)
-    _check_architecture(args, checkpoint)
-
-    import torch
-    from ctranslate2.converters import FairseqConverter
-
-    register_safe_globals()  # the converter loads with weights_only=True
     partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="evokd-export-") as tmp:
-        plain = Path(tmp) / "checkpoint.pt"
-        torch.save({"args": args, "cfg": None, "model": state["model"]}, plain)
-        converter = FairseqConverter(str(plain), str(data), source_lang=src, target_lang=tgt)
-        logger.info(f"converting {checkpoint} ({args.arch}) to CTranslate2 {quantization}")
-        try:
-            converter.convert(str(partial), quantization=quantization, force=True)
-        except (ValueError, NotImplementedError) as exc:  # the converter's unsupported options
-            raise EvokdError(f"{checkpoint}: CTranslate2 cannot convert it: {exc}") from exc
-        finally:
-            if not (partial / MODEL_FILE).is_file():
-                shutil.rmtree(partial, ignore_errors=True)
+    args = convert(checkpoint, state, data, src, tgt, partial, quantization)
     info = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "architecture": args.arch,

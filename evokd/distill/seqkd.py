@@ -29,6 +29,11 @@ into chunks. The dataset is written in id order. A rerun on a finished ``OUT`` m
 same settings verifies it and does nothing; with other settings it is an error naming them.
 :func:`open_distilled` (what the rerun, ``evokd mckd`` and ``evokd verify`` open a distilled
 folder with) checks every file against its recorded sha256 and counts the pairs.
+
+With ``engine="ctranslate2"`` the chunks of the same plan are translated by the teacher
+converted to CTranslate2 (:mod:`evokd.distill.ct2`) instead; the fingerprint then holds the
+engine, the quantization and the CTranslate2 version, and ``distill.json`` the converted
+model (``ct2_model``: its folder, sha256 and conversion time, None when it was reused).
 """
 
 import functools
@@ -46,6 +51,7 @@ from evokd.core.build import ChunkedBuild, check_count, plan_chunks
 from evokd.core.decoding import DECODING
 from evokd.core.inference import Translator, choose_device, translate
 from evokd.data.folder import data_digest, language_pair, write_subset
+from evokd.distill.ct2 import check_engine, converted_model, ct2_device, open_decoder
 from evokd.errors import EvokdError
 
 logger = logging.getLogger(__name__)
@@ -144,6 +150,7 @@ def _finished(build, record, keep_references):
     info = files.read_json(out / META)
     recorded = {**info.get("fingerprint", {}), **{k: info.get(k) for k in FILES}}
     recorded.setdefault("keep_references", info.get("keep_references"))
+    recorded.setdefault("engine", "fairseq")  # built before there was a choice
     wanted = {**_recorded(record), "keep_references": keep_references}
     files.check_files_and_settings(
         f"--out {out}", recorded, wanted, "remove it to rebuild, or give another --out"
@@ -259,6 +266,9 @@ def distill_data(
     cpu=False,
     processes=1,
     chunk_size=2048,
+    engine="fairseq",
+    ct2_quantization="float32",
+    ct2_cache=None,
 ):
     """Translate ``subset`` of ``data`` with the teacher and write the new dataset to ``out``.
 
@@ -266,11 +276,18 @@ def distill_data(
     data, settings and plan from ``out.partial``; on a finished ``out`` made with the same
     teacher, data and settings returns its record (with ``done``) without work. Returns the
     content of ``out/distill.json``.
+
+    ``engine``: ``fairseq`` (its beam search in-process) or ``ctranslate2`` (the checkpoint
+    converted once to a CTranslate2 model with weights in ``ct2_quantization``, kept in
+    ``ct2_cache`` or :func:`evokd.distill.ct2.cache_root`, and decoded with the same
+    batches and settings: :mod:`evokd.distill.ct2`). The engine is part of the settings:
+    a build made with the other one is not reused.
     """
     start = time.perf_counter()
     data, out = str(data), Path(out)
     lens = (max_len_a, max_len_b)
     _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out)
+    ctranslate2 = check_engine(engine, ct2_quantization)
     decoding = {"beam": beam, "lenpen": lenpen, "max_len_a": max_len_a, "max_len_b": max_len_b}
     # Checks the teacher, the data, the dictionaries and the sizes before any long work.
     translator = Translator(teacher_path, data, subset, decoding, choose_device(cpu))
@@ -282,7 +299,10 @@ def distill_data(
         "subset": subset,
         **decoding,
         "max_tokens": max_tokens,
+        "engine": engine,
     }
+    if ctranslate2 is not None:
+        fingerprint.update(ct2_quantization=ct2_quantization, ctranslate2=ctranslate2.__version__)
     record = {"teacher": str(teacher_path), "data": data, "fingerprint": fingerprint}
     settings = _recorded(record)
     chunks = plan(translator, max_tokens, chunk_size)
@@ -290,13 +310,22 @@ def distill_data(
     if out.exists():
         return _finished(build, record, keep_references)
     build.start()
-    args = (teacher_path, data, subset, decoding, cpu)
-    worker = functools.partial(compute_chunk, translator)
-    build.run(open_translator, args, processes, worker=worker, desc="distilling")
+    if ctranslate2 is None:
+        args, opener = (teacher_path, data, subset, decoding, cpu), open_translator
+        worker, engine_info = functools.partial(compute_chunk, translator), {}
+    else:
+        model, convert_seconds = _ct2_model(teacher_path, fingerprint, data, pair, ct2_cache)
+        args = (model["folder"], data, subset, pair, decoding, translator.generator.max_len, cpu)
+        opener, worker = open_decoder, open_decoder(0, *args) if processes == 1 else None
+        engine_info = {"device": ct2_device(cpu)[0], "ct2_model": model}
+        model["convert_seconds"] = convert_seconds
+        del translator.model, translator.generator  # the plan is made: free the fairseq model
+    build.run(opener, args, processes, worker=worker, desc="distilling")
 
     def merge(dest, folders):
         hypos, seconds = read_chunks(folders, len(translator.dataset))
         info = _info(record, translator, pair, keep_references, hypos, seconds, processes)
+        info.update(engine_info)
         info["wall_seconds"] = round(time.perf_counter() - start, 1)
         write_distilled(dest, data, hypos, info)
         return info
@@ -307,6 +336,18 @@ def distill_data(
         out, info["examples"], subset, info["reference_avg_length"], info["hypothesis_avg_length"],
     )  # fmt: skip
     return info
+
+
+def _ct2_model(teacher_path, fingerprint, data, pair, cache):
+    """The teacher's CTranslate2 model as distill.json records it, and the seconds its
+    conversion took (None when it was in the cache)."""
+    folder, record, seconds = converted_model(
+        teacher_path, fingerprint["teacher_sha256"], data, *pair.split("-"),
+        fingerprint["ct2_quantization"], cache,
+    )  # fmt: skip
+    keys = ("quantization", "ctranslate2", "model_sha256", "dictionaries_sha256")
+    model = {"folder": str(folder), **{k: record[k] for k in keys}}
+    return model, None if seconds is None else round(seconds, 1)
 
 
 def _sizes(data, subset, pair, lang):
