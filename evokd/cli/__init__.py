@@ -117,6 +117,8 @@ def main(argv=None):
     args.passthrough = passthrough
     if not args.verbose:
         warnings.simplefilter("ignore")  # deprecation notes of hydra, omegaconf and fairseq
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    if not args.verbose:
         for name in QUIET_LOGGERS:  # fairseq run in-process (caches, distilled data)
             logging.getLogger(name).setLevel(logging.WARNING)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -135,6 +137,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         return _fail(args, f"interrupted (Ctrl-C); finished work is kept: {typed!r} resumes", 130)
     finally:
+        for name, level in levels.items():  # a caller in the same process keeps its logging
+            logging.getLogger(name).setLevel(level)
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
 
