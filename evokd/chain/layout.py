@@ -10,7 +10,8 @@ CHECKPOINTS/RUN/steps/KIND-NAME.json       the record of a teacher step
 CHECKPOINTS/RUN/jobs/KIND-NAME.json        when and in which job slot a step last ran
 CHECKPOINTS/RUN/jobs/slurm.json            the Slurm job id of every submitted step
 CHECKPOINTS/RUN/jobs/KIND-NAME.sbatch, .log   a step's Slurm job script and its output
-DATA.seqkd-RUN-TEACHER[+refs]        sequence-level KD data, beside the plan's data (TEACHER:
+DATA.seqkd-RUN-TEACHER[.ENGINE-QUANTIZATION][+refs]   sequence-level KD data, beside the
+                                    plan's data (TEACHER:
                                     a stage, a checkpoint's folder-stem, or for a model
                                     folder or server URL its name and a digest)
 RESULTS/RUN/stages/STAGE.json        a stage's evaluation
@@ -88,6 +89,8 @@ class Layout:
         if stage.seqkd:
             spec = stage.seqkd
             suffix = "+refs" if spec.get("keep-references") else ""
+            if spec.get("engine", "fairseq") != "fairseq":  # another engine, other data
+                suffix = f".{spec['engine']}-{spec.get('ct2-quantization', 'float32')}{suffix}"
             teacher = self.model_name(spec["teacher"], spec.get("teacher-model"))
             run = self.run_name.replace("/", "-")  # tiny/seed2 -> tiny-seed2
             return f"{self.plan.data.rstrip('/')}.seqkd-{run}-{teacher}{suffix}"
