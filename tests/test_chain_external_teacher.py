@@ -7,6 +7,7 @@ take, is refused before any training."""
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,29 @@ def test_distilled_folders_differ_per_external_teacher(world, tmp_path):
 
     for name in folders:
         check_name("folder", name)
+
+
+def test_checkpoint_of_a_stage_still_training_is_refused(
+    data_bin, teacher_ckpt, evokd_main, tmp_path
+):
+    """A teacher given by path whose folder is a stage that has not finished (its record
+    says so) is refused by the dry run and the real run; once finished it is read."""
+    folder = tmp_path / "other" / "senior_teacher"
+    folder.mkdir(parents=True)
+    shutil.copy(teacher_ckpt, folder / "checkpoint_best.pt")
+    (folder / "evokd_stage.json").write_text(json.dumps({"stage": "senior_teacher"}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"name: p\ndata: {data_bin}\nstages:\n"
+        "  - name: student\n    arch: transformer_evokd_tiny_student\n"
+        f"    teacher: {folder / 'checkpoint_best.pt'}\n    max_epoch: 1\n"
+    )
+    where = ["--checkpoints", tmp_path / "ck", "--results", tmp_path / "res"]
+    for extra in (["--dry-run"], ["--no-evaluate"]):
+        code, _, err = evokd_main("chain", "--plan", plan, *where, *extra)
+        assert code == 2 and "stage student: teacher" in err
+        assert "its stage has not finished training" in err and "evokd_stage.json" in err
+    assert not (tmp_path / "ck").exists()
+    (folder / "evokd_stage.json").write_text(json.dumps({"finished": True}))
+    code, out, _ = evokd_main("chain", "--plan", plan, *where, "--dry-run")
+    assert code == 0 and "fairseq-train" in out

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from evokd import files as steps
+from evokd.chain.layout import STAGE_RECORD
 from evokd.chain.plan import cache_spec, flags_to_args, kd_flags
 from evokd.chain.teachers import is_text_teacher
 from evokd.core.devices import Devices, run_logged
@@ -161,6 +162,8 @@ class StageTrainer:
                 if key == "teacher":
                     check_word_level_teacher(ref, data or self.plan.data, *pair(data), where)
                 continue
+            if not self.is_finished(stage):
+                check_not_training(ref, where)
             state = load_checkpoint(ref, where)
             if data is not None:
                 src, tgt = languages(state, data)
@@ -284,6 +287,18 @@ class StageTrainer:
         record["wall_seconds"] = record.get("train_seconds") or time.time() - start
         steps.write_json(self.layout.stage_record_path(stage), record)
         return record
+
+
+def check_not_training(checkpoint, where):
+    """A checkpoint named by its path whose folder is a chain stage that has not finished
+    (its record says so: still training, stopped, or resumed with a larger budget) would be
+    read half-trained: refused, naming the record."""
+    record = Path(checkpoint).parent / STAGE_RECORD
+    if record.is_file() and not steps.read_json(record).get("finished"):
+        raise EvokdError(
+            f"{where} {checkpoint}: its stage has not finished training ({record} does not "
+            "record it finished); wait for it to finish, or give a finished checkpoint"
+        )
 
 
 def has_dictionaries(data):
