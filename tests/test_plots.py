@@ -158,3 +158,39 @@ def test_bench_plot_teacher_is_the_reference(tmp_path, drawn):
         assert "BLEU below the teacher in fairseq" == ax.get_xlabel()
     assert dict((r["system"], r["bleu"]) for r in data["rows"][:2]) == {
         "teacher (fairseq)": 38.38, "student 3+3 (64) (fairseq)": 35.31}  # fmt: skip
+
+
+def test_front_and_recommended_student():
+    """By construction: the fairseq student is beaten by the teacher in CTranslate2 int8,
+    the third student by the second; the second is 0.5 BLEU below the best student."""
+
+    def row(model, engine, speedup, bleu):
+        quantization = "float32" if engine == "fairseq" else "int8"
+        system = f"{model} ({engine})"
+        return dict(model=model, engine=engine, quantization=quantization, system=system,
+                    speedup=speedup, bleu=bleu)  # fmt: skip
+
+    rows = [
+        row("teacher", "fairseq", 1.0, 30.0),
+        row("teacher", "ctranslate2", 4.0, 29.9),
+        row("s1", "fairseq", 2.0, 28.0),
+        row("s1", "ctranslate2", 8.0, 27.9),
+        row("s2", "ctranslate2", 12.0, 27.5),
+        row("s3", "ctranslate2", 11.0, 26.0),
+    ]
+    edge = bench_translate_report.front(rows)
+    expected = ["s2 (ctranslate2)", "s1 (ctranslate2)", "teacher (ctranslate2)"]
+    assert [r["system"] for r in edge] == expected + ["teacher (fairseq)"]
+    found = bench_translate_report.recommend(rows)
+    assert (
+        found["row"]["system"] == "s2 (ctranslate2)" and found["best"]["system"] == "s1 (fairseq)"
+    )
+    assert found["loss"] == pytest.approx(0.5) and found["over_teacher_ct2"] == pytest.approx(3.0)
+    assert (
+        bench_translate_report.recommend(rows, max_loss=0.4)["row"]["system"] == "s1 (ctranslate2)"
+    )
+    line = bench_translate_report.front_lines(rows)[1]
+    assert (
+        "s2 (ctranslate2): 12.0x the teacher in fairseq, 3.00x the teacher in CTranslate2" in line
+    )
+    assert bench_translate_report.recommend(rows[:2]) is None

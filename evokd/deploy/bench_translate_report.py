@@ -39,6 +39,9 @@ def table(result):
             cells.append("-" if speedup is None else f"{speedup:.1f}x")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if not fixed:
+            rows = [r for r in result["rows"] if r["beam"] == beam]
+            lines += [f"- {line}" for line in front_lines(rows)] + [""]
     length = "outputs as long as the references" if fixed else f"at most {m['max_len']} tokens"
     threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
     lines.append(
@@ -49,6 +52,56 @@ def table(result):
         + ("." if fixed else "; BLEU lost: against the first student in fairseq.")
     )
     return "\n".join(lines)
+
+
+def front(rows):
+    """The speed/quality front of ``rows`` (one beam): the systems that no other system
+    matches or beats on both speed-up and BLEU while beating on one, fastest first."""
+
+    def beaten(r):
+        return any(
+            o["speedup"] >= r["speedup"] and o["bleu"] >= r["bleu"]
+            and (o["speedup"] > r["speedup"] or o["bleu"] > r["bleu"])
+            for o in rows
+        )  # fmt: skip
+
+    return sorted((r for r in rows if not beaten(r)), key=lambda r: -r["speedup"])
+
+
+def recommend(rows, max_loss=0.5):
+    """For one beam: the fastest student (a model other than the teacher) whose BLEU is at
+    most ``max_loss`` below the best student's, with its speed-up over the teacher in
+    CTranslate2 int8 when that ran. Returns a dict (``row``, ``loss``, ``best``,
+    ``over_teacher_ct2``) or None without students."""
+    students = [r for r in rows if r["model"] != "teacher" and r.get("bleu") is not None]
+    if not students:
+        return None
+    best = max(students, key=lambda r: r["bleu"])
+    near = [r for r in students if r["bleu"] >= best["bleu"] - max_loss]
+    row = max(near, key=lambda r: (r["speedup"], r["bleu"]))
+    teacher_ct2 = next(
+        (r for r in rows if r["model"] == "teacher" and r.get("quantization") == "int8"
+         and r["engine"] != "fairseq"), None,
+    )  # fmt: skip
+    over = row["speedup"] / teacher_ct2["speedup"] if teacher_ct2 else None
+    return {"row": row, "loss": best["bleu"] - row["bleu"], "best": best, "over_teacher_ct2": over}
+
+
+def front_lines(rows, max_loss=0.5):
+    """Markdown lines for one beam: the front, and the recommended student."""
+    lines = ["front (no system faster and better): " + "; ".join(
+        f"{r['system']} {r['speedup']:.1f}x, {r['bleu']:.2f}" for r in front(rows))]  # fmt: skip
+    found = recommend(rows, max_loss)
+    if found:
+        r, over = found["row"], found["over_teacher_ct2"]
+        lines.append(
+            f"recommended (the fastest student at most {max_loss} BLEU below the best, "
+            f"{found['best']['system']}): {r['system']}: {r['speedup']:.1f}x the teacher in "
+            "fairseq"
+            + (f", {over:.2f}x the teacher in CTranslate2 int8" if over else "")
+            + f", {found['loss']:.2f} BLEU below the best student"
+        )
+    return lines
 
 
 def _engine(row):
@@ -67,6 +120,9 @@ def _scatter(ax, rows, colours, markers):
             top - r["bleu"], r["speedup"], marker=markers[_engine(r)], color=colours[r["model"]],
             s=46, zorder=3, edgecolors="black", linewidths=0.4,
         )  # fmt: skip
+    edge = front(rows)
+    ax.plot([top - r["bleu"] for r in edge], [r["speedup"] for r in edge], color="0.3",
+            linewidth=0.9, linestyle="--", zorder=2, label="front")  # fmt: skip
     if reference is None:
         return None
     ax.scatter(0, reference["speedup"], marker="o", s=260, facecolors="none",
@@ -90,6 +146,9 @@ def _legends(fig, colours, markers):
             markersize=13,
             label="reference: teacher in fairseq",
         )  # fmt: skip
+    )
+    engines.append(
+        Line2D([], [], color="0.3", linestyle="--", label="front: none faster and better")
     )
     fig.legend(handles=models, loc="outside right upper", fontsize=7, title="model")
     fig.legend(handles=engines, loc="outside right lower", fontsize=7, title="engine")
