@@ -422,3 +422,24 @@ def test_shipped_multi30k_matches_its_readme():
         data = gzip.decompress((corpora.MULTI30K_DIR / f"{name}.gz").read_bytes())
         assert hashlib.sha256(data).hexdigest() == digest, name
         assert data.count(b"\n") == sizes[name.split(".")[0]]
+
+
+def test_tatoeba_splits_are_contiguous_blocks(tmp_path):
+    """Lines 1-20,000 train, 20,001-21,000 valid, 21,001-22,000 test; the rest unused."""
+    for lang in ("de", "en"):
+        lines = [f"{lang} {i}" for i in range(1, 22051)]
+        (tmp_path / f"tatoeba.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    corpus = corpora.tatoeba(tmp_path)
+    corpus.check()
+    pairs = {split: list(corpus.pairs(split)) for split in ("train", "valid", "test")}
+    assert [len(p) for p in pairs.values()] == [20000, 1000, 1000]
+    assert pairs["train"][0] == ("de 1", "en 1") and pairs["train"][-1] == ("de 20000", "en 20000")
+    assert pairs["valid"][0] == ("de 20001", "en 20001")
+    assert pairs["test"][-1] == ("de 22000", "en 22000")
+    assert corpus.sources()["test"][0].endswith("tatoeba.de:21001-22000")
+    (tmp_path / "tatoeba.en").write_text("\n".join(["x"] * 21500) + "\n", encoding="utf-8")
+    (tmp_path / "tatoeba.de").write_text("\n".join(["x"] * 21500) + "\n", encoding="utf-8")
+    with pytest.raises(EvokdError, match="21500 lines; the tatoeba splits need 22000"):
+        corpora.tatoeba(tmp_path).check()
+    with pytest.raises(EvokdError, match="--raw-dir None: expected a folder holding tatoeba.de"):
+        corpora.tatoeba(None)
