@@ -282,3 +282,31 @@ def test_raw_training_sources_found_again(world):
     assert found == corpus_lines("de", N_TRAIN)
     valid = raw_sources(world["data"], "valid", "de", "en")
     assert len(valid) == len(column(world["data"], "de", "valid"))
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_distill_data_asks_a_dead_server_retries_plus_one_times(
+    world, evokd_main, tmp_path, retries
+):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    code, _, err = distill(evokd_main, world, dead, tmp_path / "out", "--teacher-model", "m",
+                           "--retries", str(retries), "--timeout", "2")  # fmt: skip
+    assert code == 2 and f"no usable answer from {dead}/models after {retries + 1} tries" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sliced_training_sources_read_again(tmp_path):
+    """A sliced corpus (Tatoeba's lines 1-20,000) records PATH:FIRST-LAST; reading the record
+    again gives the same training pairs."""
+    from evokd.data import corpora
+
+    for lang in ("de", "en"):
+        lines = [f"{lang} {i}" for i in range(1, 22001)]
+        (tmp_path / f"tatoeba.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sliced = corpora.tatoeba(tmp_path)
+    again, files = corpora.recorded_corpus("tatoeba", sliced.sources()["train"])
+    assert files == [str(tmp_path.resolve() / f"tatoeba.{lang}") for lang in ("de", "en")]
+    pairs = list(again.pairs("train"))
+    assert len(pairs) == 20000 and pairs[-1] == ("de 20000", "en 20000")
+    plain, _ = corpora.recorded_corpus("text", [str(tmp_path / "tatoeba.de")] * 2)
+    assert next(plain.pairs("train")) == ("de 1", "de 1")

@@ -224,7 +224,8 @@ def add_decoding_arguments(parser, title="decoding (fairseq-generate flags)", ba
 
 
 def add_server_arguments(group):
-    """--teacher-model, --teacher-api and --concurrency: how a server teacher is asked."""
+    """--teacher-model, --teacher-api, --concurrency, --timeout and --retries: how a server
+    teacher is asked."""
     group.add_argument(
         "--teacher-model", metavar="NAME", help="the served model's name (server teachers)"
     )
@@ -235,4 +236,13 @@ def add_server_arguments(group):
     group.add_argument(
         "--concurrency", type=int, default=4, metavar="N",
         help="server requests in flight at once (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S",
+        help="seconds a server request may take (default: 120)",
+    )  # fmt: skip
+    group.add_argument(
+        "--retries", type=int, default=3, metavar="N",
+        help="retries of a refused, timed-out, 429 or 5xx request, after 1, 2, 4, ... seconds "
+        "(default: 3)",
     )  # fmt: skip

@@ -230,25 +230,16 @@ def run(args):
 
 
 def run_text(args):
-    from evokd.data.layout import read_metadata
+    from evokd.distill.any_teacher import text_settings
     from evokd.distill.text import distill_text
-    from evokd.teachers.text import TeacherSettings
 
-    metadata = read_metadata(args.data)
-    settings = TeacherSettings(
-        src_lang=metadata["src"],
-        tgt_lang=metadata["tgt"],
-        beam=args.beam,
-        max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b,
-        batch_size=args.batch_size,
-        model=args.teacher_model,
-        tokenizer=args.teacher_tokenizer,
-        prompt=args.prompt,
-        api=args.teacher_api,
-        concurrency=args.concurrency,
-        device="cpu" if args.cpu else _device(),
-    )
+    settings = text_settings(
+        args.data, args.cpu, beam=args.beam, max_len_a=args.max_len_a,
+        max_len_b=args.max_len_b, batch_size=args.batch_size, teacher_model=args.teacher_model,
+        teacher_tokenizer=args.teacher_tokenizer, prompt=args.prompt,
+        teacher_api=args.teacher_api, concurrency=args.concurrency, timeout=args.timeout,
+        retries=args.retries,
+    )  # fmt: skip
     info = distill_text(
         args.teacher, args.data, args.out, settings, subset=args.subset,
         on_bad_output=args.on_bad_output, keep_references=args.keep_references,
@@ -266,9 +257,3 @@ def run_text(args):
         "the dictionary"
     )
     return 0
-
-
-def _device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -56,7 +56,8 @@ from evokd.cli.distill_data import add_text_teacher_arguments
 # the flags of the text teachers, by the names of evokd.methods.mckd.first_labels.FLAGS
 TEXT_FLAGS = {"teacher_model": "model", "teacher_tokenizer": "tokenizer", "prompt": "prompt",
               "source_text": "source_text", "teacher_api": "api", "batch_size": "batch_size",
-              "concurrency": "concurrency", "on_bad_output": "on_bad_output"}  # fmt: skip
+              "concurrency": "concurrency", "timeout": "timeout", "retries": "retries",
+              "on_bad_output": "on_bad_output"}  # fmt: skip
 
 
 def add_arguments(parser):

@@ -150,15 +150,6 @@ def add_llm_arguments(parser):
         help="the length cap of one reply, in the LLM's tokens (default: 256)",
     )  # fmt: skip
     group.add_argument(
-        "--timeout", type=float, default=120.0, metavar="S",
-        help="seconds a request may take (default: 120)",
-    )  # fmt: skip
-    group.add_argument(
-        "--retries", type=int, default=3, metavar="N",
-        help="retries of a refused, timed-out, 429 or 5xx request, after 1, 2, 4, ... seconds "
-        "(default: 3)",
-    )  # fmt: skip
-    group.add_argument(
         "--reply-cache", metavar="DIR", help="where every reply is kept (default: OUT/replies)"
     )
     group.add_argument(

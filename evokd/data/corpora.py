@@ -7,6 +7,7 @@ becomes a valid pair instead (fairseq's IWSLT14 recipe).
 """
 
 import itertools
+import re
 from pathlib import Path
 
 from evokd.errors import EvokdError
@@ -114,6 +115,18 @@ class SlicedCorpus(Corpus):
             split: [f"{p.resolve()}:{start + 1}-{stop}" for p in self.files]
             for split, (start, stop) in self.ranges.items()
         }
+
+
+def recorded_corpus(name, sources, src="de", tgt="en"):
+    """The training split as ``prepare.json`` records it (``Corpus.sources()["train"]``):
+    its two files, or for a sliced corpus ``PATH:FIRST-LAST`` (1-based line ranges).
+    Returns ``(corpus, files)``; the files may be missing (the caller says so)."""
+    ranges = [None if Path(p).is_file() else re.fullmatch(r"(.+):(\d+)-(\d+)", p) for p in sources]
+    if len(sources) == 2 and all(ranges) and ranges[0].groups()[1:] == ranges[1].groups()[1:]:
+        files = [m.group(1) for m in ranges]
+        start, stop = int(ranges[0].group(2)) - 1, int(ranges[0].group(3))
+        return SlicedCorpus(name, files, {"train": (start, stop)}, src, tgt), files
+    return FilesCorpus(name, {"train": sources}, src, tgt), list(sources)
 
 
 def multi30k(raw_dir=None, src="de", tgt="en"):

@@ -15,6 +15,7 @@ FAIRSEQ = ("lenpen", "max_tokens", "processes", "engine", "ct2_quantization")  #
 SETTINGS = {
     "batch_size": "batch_size", "teacher_model": "model", "teacher_tokenizer": "tokenizer",
     "prompt": "prompt", "teacher_api": "api", "concurrency": "concurrency",
+    "timeout": "timeout", "retries": "retries",
 }  # fmt: skip
 TEXT_OUTPUT = ("on_bad_output", "source_text")
 

@@ -84,17 +84,17 @@ def raw_sources(data, subset, src, tgt, source_text=None):
 
 
 def _replay_training_sources(data, metadata, src, tgt, text_path):
-    from evokd.data.corpora import FilesCorpus
+    from evokd.data.corpora import recorded_corpus
     from evokd.data.moses import Tokenizer
     from evokd.data.textio import read_lines
 
     sources = metadata["sources"].get("train")
-    if not sources or not all(Path(p).is_file() for p in sources):
+    corpus, files = recorded_corpus(metadata.get("corpus", "text"), sources or [], src, tgt)
+    if not sources or not all(Path(p).is_file() for p in files):
         raise EvokdError(
             f"--data {data}: the training text it was prepared from ({sources}) is not there; "
             "give the raw training sources with --source-text FILE"
         )
-    corpus = FilesCorpus(metadata.get("corpus", "text"), {"train": sources}, src, tgt)
     lowercase = metadata.get("lowercase", True)
     tokenizers = [Tokenizer(lang, lowercase=lowercase) for lang in (src, tgt)]
     wanted = zip(read_lines(text_path(data, "train", src, "tok")),

@@ -38,7 +38,8 @@ TEXT_ONLY = ("model", "tokenizer", "prompt", "source_text")  # flags of text tea
 PATHS = ("tokenizer", "prompt", "source_text")  # recorded with their digest
 FLAGS = {"model": "--teacher-model", "tokenizer": "--teacher-tokenizer", "prompt": "--prompt",
          "source_text": "--source-text", "api": "--teacher-api", "batch_size": "--batch-size",
-         "concurrency": "--concurrency", "on_bad_output": "--on-bad-output"}  # fmt: skip
+         "concurrency": "--concurrency", "timeout": "--timeout", "retries": "--retries",
+         "on_bad_output": "--on-bad-output"}  # fmt: skip
 # evokd distill-data's defaults: the teachers' own, and the first policy of the bridge
 DEFAULTS = {f.name: f.default for f in fields(TeacherSettings) if f.name in FLAGS}
 DEFAULTS["on_bad_output"] = POLICIES[0]
@@ -149,7 +150,7 @@ def teacher_settings(src, tgt, decoding, options, device="cpu"):
         src_lang=src, tgt_lang=tgt, device=device,
         **{k: decoding[k] for k in ("beam", "max_len_a", "max_len_b")},
         **{k: options[k] for k in ("model", "tokenizer", "prompt", "api", "concurrency",
-                                   "batch_size")},
+                                   "timeout", "retries", "batch_size")},
     )  # fmt: skip
 
 
@@ -161,7 +162,8 @@ def make(run, out):
         return write_labels(record["path"], run.data, out, s, record["on_bad_output"])
     from evokd.distill.text import distill_text
 
-    options = {**{k: record[k] for k in RECORDED}, "concurrency": run.options["concurrency"]}
+    asked = {k: run.options[k] for k in ("concurrency", "timeout", "retries")}  # not recorded
+    options = {**{k: record[k] for k in RECORDED}, **asked}
     device = "cuda" if run.devices.cuda else "cpu"
     settings = teacher_settings(s["source_lang"], s["target_lang"], s, options, device)
     return distill_text(
