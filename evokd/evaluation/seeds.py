@@ -60,7 +60,7 @@ def across_seeds(system, baseline, confidence=0.95):
     from scipy import stats
 
     sd = statistics.stdev(differences)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     out.update(sd=sd, ci=[out["mean"] - half, out["mean"] + half])
     if sd > 0:
         t = stats.ttest_rel(system, baseline)
