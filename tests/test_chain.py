@@ -542,3 +542,18 @@ def test_dry_run_of_the_presets(tmp_path, monkeypatch):
     data_line = out.split("\n# [1/")[0].splitlines()[-1]
     assert data_line.startswith("# data data-bin/iwslt14.tokenized.de-en: to prepare: iwslt14")
     assert f"downloaded to {tmp_path / 'no-cache' / 'de-en.tgz'}: needs the network" in data_line
+
+
+def test_stage_list_may_hold_its_own_prerequisites(tmp_path):
+    """`--stage A --stage B` with B distilled from A: A trains first, so the dry run passes;
+    B alone is refused with the command that trains A, the seed included with --seeds."""
+    code, out = chain(tmp_path, "tiny", "--stage", "junior_teacher", "--stage", "junior_student",
+                      "--dry-run")  # fmt: skip
+    heads = [line for line in out.splitlines() if line.startswith("# [")]
+    assert code == 0 and [h.split("] ")[1].split(":")[0] for h in heads] == [
+        "junior_teacher", "junior_student"]  # fmt: skip
+    code, out = chain(tmp_path, "tiny", "--seeds", "2", "--stage", "junior_student", "--dry-run",
+                      check=False)  # fmt: skip
+    assert code == 2 and "needs its teacher junior_teacher, which has not been trained" in out
+    assert "--seeds 2 --stage junior_teacher first" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

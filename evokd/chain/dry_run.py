@@ -54,7 +54,7 @@ def dry_run(chain, only=None, evaluate=True, hint=None):
     if only:
         for stage in stages:
             if not trainer.is_finished(stage):
-                chain.check_prerequisites(stage, hint)
+                chain.check_prerequisites(stage, hint, trained_first=set(only))
     lines = [f"# {preparation(plan)}"]
     progress, seen = Progress(trainer, stages), set()
     for i, stage in enumerate(stages, 1):

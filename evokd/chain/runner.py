@@ -77,18 +77,22 @@ class Chain:
             self.trainer.check(stage)
         return True
 
-    def check_prerequisites(self, stage, hint=None):
-        """The teacher and init stages must be finished (or be checkpoint files)."""
+    def check_prerequisites(self, stage, hint=None, trained_first=()):
+        """The teacher and init stages must be finished (or be checkpoint files), or be
+        among ``trained_first`` (the other stages of a ``--stage`` list, trained before)."""
         for key, ref in stage.references():
+            if ref in trained_first:
+                continue
             if ref in self.plan.stage_names:
                 other = self.plan.stage(ref)
                 if self.devices.node_rank != 0:
                     self.wait_for_first_node(other)
                 if not self.trainer.is_finished(other):
+                    seeds = "" if self.seed is None else f" --seeds {self.seed}"
                     how = (
                         hint(other)
                         if hint
-                        else f"evokd chain --plan {self.plan.path} --stage {ref}"
+                        else f"evokd chain --plan {self.plan.path}{seeds} --stage {ref}"
                     )
                     raise EvokdError(
                         f"stage {stage.name} needs its {key} {ref}, which has not been "
@@ -193,7 +197,7 @@ class Chain:
         if only:
             for stage in stages:
                 if not self.trainer.is_finished(stage):
-                    self.check_prerequisites(stage, hint)
+                    self.check_prerequisites(stage, hint, trained_first=set(only))
         graph = schedule.steps_of(self.layout, stages, self.trainer.is_finished)
         run_step = StepRunner(self, stages, jobs, hint)
         with run_step.threads():
