@@ -277,6 +277,36 @@ def test_sigterm_stops_every_job_and_the_rerun_finishes(local):
         assert same_weights(weights(local, "one", name), weights(local, "stopped", name)), name
 
 
+def test_progress_lines_of_jobs_reporting_at_once_stay_whole(monkeypatch):
+    """Jobs report from their own threads: each line arrives whole, never glued to another
+    (``print`` writes a line and its newline in two calls, which threads can interleave)."""
+    import threading
+    import time
+
+    from evokd.cli.chain import _progress
+
+    class Slow:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, text):
+            time.sleep(0.002)  # a window between two writes of one print
+            self.parts.append(text)
+
+        def flush(self):
+            pass
+
+    stream = Slow()
+    monkeypatch.setattr("sys.stderr", stream)
+    lines = [f"[{n}/8] stage{n} (job {n % 2 + 1}): training" for n in range(8)]
+    threads = [threading.Thread(target=_progress, args=(line,)) for line in lines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted("".join(stream.parts).splitlines()) == sorted(lines)
+
+
 # ---------------------------------------------------------------------------------------
 # A real Slurm.
 

@@ -11,7 +11,7 @@ is rejected before any training.
 Output: checkpoints/RUN/STAGE/ (one folder per stage) and results/RUN/results.{json,md,png}.
 
 examples:
-  evokd chain --plan tiny                  # the demo: ~14 minutes on 2 CPU cores
+  evokd chain --plan tiny                  # the demo: 14-21 minutes on 2 CPU cores
   evokd chain --plan paper --gpus 4        # torchrun, NCCL; the paper's effective batch
   evokd chain --plan my_plan.yaml --stage junior_teacher --stage senior_teacher
   evokd chain --plan tiny -- --fp16        # after --: fairseq-train flags for every stage
@@ -21,6 +21,7 @@ examples:
 """
 
 import sys
+import threading
 from pathlib import Path
 
 from evokd.cli import add_passthrough_usage
@@ -140,8 +141,15 @@ def add_scheduler_arguments(parser):
     )
 
 
+_PROGRESS_LOCK = threading.Lock()
+
+
 def _progress(line):
-    print(line, file=sys.stderr, flush=True)
+    """One whole line on stderr, also when jobs of ``--jobs N`` report at once (``print``
+    writes the line and its newline separately, so two threads could glue their lines)."""
+    with _PROGRESS_LOCK:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def build_chain(args, plan, seed=None):
