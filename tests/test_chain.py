@@ -251,6 +251,28 @@ def test_commands_of_the_stages(decisions):
     assert value("senior_teacher", "--encoder-embed-dim") == "48"
 
 
+def test_an_unfinished_prerequisite_is_refused_with_its_reason(decisions):
+    """The refusal says why the teacher is not usable: never trained, stopped mid-way (its
+    checkpoint_best.pt exists but is not the end of training), or trained for another
+    budget; a finished teacher passes."""
+    from evokd.errors import EvokdError
+
+    chain, student = decisions.chain, decisions.plan.stage("junior_student")
+
+    def refusal():
+        with pytest.raises(EvokdError) as error:
+            chain.check_prerequisites(student)
+        return str(error.value)
+
+    assert "(never trained: " in refusal()
+    decisions.finish("junior_teacher", finished=False)
+    assert "(its training stopped before the end (" in refusal()
+    decisions.finish("junior_teacher", budget={"max_epoch": 9, "max_update": None})
+    assert "trained for {'max_epoch': 9, 'max_update': None}, the plan asks" in refusal()
+    decisions.finish("junior_teacher")
+    chain.check_prerequisites(student)
+
+
 def test_two_processes_split_the_batch(decisions):
     from evokd.chain.stage import StageTrainer
     from evokd.core.devices import Devices
@@ -554,6 +576,6 @@ def test_stage_list_may_hold_its_own_prerequisites(tmp_path):
         "junior_teacher", "junior_student"]  # fmt: skip
     code, out = chain(tmp_path, "tiny", "--seeds", "2", "--stage", "junior_student", "--dry-run",
                       check=False)  # fmt: skip
-    assert code == 2 and "needs its teacher junior_teacher, which has not been trained" in out
+    assert code == 2 and "needs its teacher junior_teacher, which is not finished (never" in out
     assert "--seeds 2 --stage junior_teacher first" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == []

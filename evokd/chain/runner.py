@@ -87,7 +87,8 @@ class Chain:
                 other = self.plan.stage(ref)
                 if self.devices.node_rank != 0:
                     self.wait_for_first_node(other)
-                if not self.trainer.is_finished(other):
+                why = self.trainer.why_unfinished(other)
+                if why:
                     seeds = "" if self.seed is None else f" --seeds {self.seed}"
                     how = (
                         hint(other)
@@ -95,8 +96,8 @@ class Chain:
                         else f"evokd chain --plan {self.plan.path}{seeds} --stage {ref}"
                     )
                     raise EvokdError(
-                        f"stage {stage.name} needs its {key} {ref}, which has not been "
-                        f"trained yet ({self.layout.best_checkpoint(ref)} missing): run {how} first"
+                        f"stage {stage.name} needs its {key} {ref}, which is not finished "
+                        f"({why}): run {how} first"
                     )
             elif not os.path.isfile(ref) and not is_text_teacher(ref):
                 raise EvokdError(f"stage {stage.name}: {key} {ref}: no such checkpoint file")

@@ -59,13 +59,20 @@ class StageTrainer:
         return {"max_epoch": stage.max_epoch, "max_update": stage.max_update}
 
     def is_finished(self, stage):
-        record = self.stage_record(stage)
-        return bool(
-            record
-            and record.get("finished")
-            and record.get("budget") == self.budget(stage)
-            and self.layout.best_checkpoint(stage.name).is_file()
-        )
+        return self.why_unfinished(stage) is None
+
+    def why_unfinished(self, stage):
+        """None for a finished stage, else what is missing, in words."""
+        record, best = self.stage_record(stage), self.layout.best_checkpoint(stage.name)
+        if not record:
+            return f"never trained: {self.layout.stage_record_path(stage)} missing"
+        if not record.get("finished"):
+            return f"its training stopped before the end ({best.parent}; a rerun resumes it)"
+        if record.get("budget") != self.budget(stage):
+            return f"trained for {record.get('budget')}, the plan asks {self.budget(stage)}"
+        if not best.is_file():
+            return f"{best} missing"
+        return None
 
     def identity(self, stage):
         return {
