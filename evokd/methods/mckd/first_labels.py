@@ -117,7 +117,7 @@ def describe(teacher, labels, data, decoding, options):
         check_labels(labels, subset_size(data, "train", src, tgt))
         record.update(path=os.path.abspath(labels), sha256=files.file_digest(labels))
         return src, tgt, {"first_labels": record}
-    settings = teacher_settings(src, tgt, decoding, options)
+    settings = teacher_settings(data, decoding, options)
     settings.check()
     if kind == "server" and not settings.model:
         raise EvokdError(f"--teacher {teacher}: a server teacher needs --teacher-model NAME")
@@ -144,14 +144,15 @@ def _digest(path):
     return folder_digest(path)
 
 
-def teacher_settings(src, tgt, decoding, options, device="cpu"):
-    """The :class:`evokd.teachers.text.TeacherSettings` of a text teacher."""
-    return TeacherSettings(
-        src_lang=src, tgt_lang=tgt, device=device,
-        **{k: decoding[k] for k in ("beam", "max_len_a", "max_len_b")},
-        **{k: options[k] for k in ("model", "tokenizer", "prompt", "api", "concurrency",
-                                   "timeout", "retries", "batch_size")},
-    )  # fmt: skip
+def teacher_settings(data, decoding, options, cpu=True):
+    """The :class:`evokd.teachers.text.TeacherSettings` of a text teacher translating ``data``:
+    ``evokd distill-data``'s (:func:`evokd.distill.any_teacher.text_settings`) from
+    ``options``, keyed by TeacherSettings' own field names."""
+    from evokd.distill.any_teacher import SETTINGS, text_settings
+
+    given = {flag: options[field] for flag, field in SETTINGS.items()}
+    beam = {k: decoding[k] for k in ("beam", "max_len_a", "max_len_b")}
+    return text_settings(data, cpu=cpu, **beam, **given)
 
 
 def make(run, out):
@@ -164,8 +165,7 @@ def make(run, out):
 
     asked = {k: run.options[k] for k in ("concurrency", "timeout", "retries")}  # not recorded
     options = {**{k: record[k] for k in RECORDED}, **asked}
-    device = "cuda" if run.devices.cuda else "cpu"
-    settings = teacher_settings(s["source_lang"], s["target_lang"], s, options, device)
+    settings = teacher_settings(run.data, s, options, cpu=not run.devices.cuda)
     return distill_text(
         record["path"], run.data, out, settings, on_bad_output=record["on_bad_output"],
         source_text=record["source_text"],
