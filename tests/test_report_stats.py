@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 from evokd.chain import curves, seeds
-from evokd.chain.report import markdown_table, seeds_table, significance_table, write_report
-from evokd.chain.results import default_pairs
+from evokd.chain.report import (
+    costs_markdown,
+    markdown_table,
+    seeds_table,
+    significance_table,
+    write_report,
+)
+from evokd.chain.results import costs, default_pairs
 from evokd.evaluation import significance
 from evokd.evaluation.evaluate import evaluate_checkpoint
 from tests import utils
@@ -365,3 +371,29 @@ def test_report_tables_and_curves(texts, tmp_path):
     record = json.loads(paths["json"].read_text())
     assert record["significance"][0]["p_value"] == tests[0]["p_value"]
     assert record["seeds"][0]["bleu_mean"] == 3.0
+
+
+def test_costs_against_no_teacher_and_the_wall_time():
+    """Hand-computed: the plain 'base' stage takes 2 s per update, so the KD stage's 50
+    updates cost 100 s without a teacher; with its 150 s and a 30 s cache the chain is
+    (80 + 150 + 30) / (80 + 100) = 1.444x. Three steps in two job slots, from t=100 to
+    t=400: 300 s of wall time for 80 + 150 + 30 = 260 s of steps, 0.87 at once."""
+
+    def row(stage, teacher, updates, seconds):
+        return {"stage": stage, "teacher": teacher, "seqkd_teacher": None,
+                "architecture": "tiny", "updates": updates, "wall_seconds": seconds}  # fmt: skip
+
+    rows = [row("base", None, 40, 80.0), row("kd", "big", 50, 150.0)]
+    jobs = [
+        {"step": "stage:base", "jobs": 2, "started": 100.0, "ended": 180.0},
+        {"step": "cache:big", "jobs": 2, "started": 100.0, "ended": 130.0},
+        {"step": "stage:kd", "jobs": 2, "started": 250.0, "ended": 400.0},
+    ]
+    found = costs(rows, [{"seconds": 30.0}], jobs)
+    assert found["chain_seconds"] == 260.0 and found["no_teacher_seconds"] == 100.0 + 80.0
+    assert found["ratio"] == pytest.approx(260 / 180)
+    expected = {"jobs": 2, "steps": 3, "span_seconds": 300.0, "busy_seconds": 260.0}
+    assert found["wall"] == {**expected, "parallelism": pytest.approx(260 / 300)}
+    text = costs_markdown(found)
+    assert "1.44x" in text and "Wall time with --jobs 2: 5m00s" in text and "4m20s" in text
+    assert costs(rows, [{"seconds": 30.0}])["wall"] is None  # a run without job records

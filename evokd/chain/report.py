@@ -336,6 +336,14 @@ def costs_markdown(costs):
             "No no-teacher estimate for " + ", ".join(costs["not_estimated"]) + " (no plain "
             "stage of the same architecture)."
         )
+    run = costs.get("wall")
+    if run:
+        lines.append(
+            f"Wall time with --jobs {run['jobs']}: {clock(run['span_seconds'])} from the first "
+            f"step's start to the last one's end, for {clock(run['busy_seconds'])} of the "
+            f"{run['steps']} steps' own times"
+            + (f" ({run['parallelism']:.2f} at once on average)." if run["parallelism"] else ".")
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -101,10 +101,35 @@ def step_records(layout):
     return [steps.read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def costs(rows, step_records):
+def job_records(layout):
+    """When each step of the run last ran, and in which job slot (``jobs/*.json``)."""
+    folder = layout.jobs_dir
+    if not folder.is_dir():
+        return []
+    found = [steps.read_json(p) for p in sorted(folder.glob("*.json"))]
+    return [r for r in found if isinstance(r, dict) and "started" in r and "ended" in r]
+
+
+def wall(job_records):
+    """The steps' wall time as they ran: from the first start to the last end (a run stopped
+    and resumed counts its pause), beside the sum of their own times; None without records."""
+    if not job_records:
+        return None
+    span = max(r["ended"] for r in job_records) - min(r["started"] for r in job_records)
+    busy = sum(r["ended"] - r["started"] for r in job_records)
+    return {
+        "jobs": max(r.get("jobs", 1) for r in job_records),
+        "steps": len(job_records),
+        "span_seconds": span,
+        "busy_seconds": busy,
+        "parallelism": busy / span if span > 0 else None,
+    }
+
+
+def costs(rows, step_records, job_records=()):
     """The chain's time (stages and teacher steps) beside what the same stages cost
     without teachers: the plain stages' time per update (by architecture) times the
-    KD stages' updates."""
+    KD stages' updates; and, from ``job_records``, the wall time (:func:`wall`)."""
     per_update = {}
     plain = [r for r in rows if not r["teacher"] and not r["seqkd_teacher"]]
     for row in plain:
@@ -128,6 +153,7 @@ def costs(rows, step_records):
         "no_teacher_seconds": no_teacher,
         "ratio": total / no_teacher if no_teacher and not unknown else None,
         "not_estimated": unknown,
+        "wall": wall(list(job_records)),
     }
 
 
@@ -177,7 +203,7 @@ def write_results(plan, trainer, scores):
         found,
         title=title,
         significance=significance(plan, layout, found),
-        costs=costs(found, step_records(layout)),
+        costs=costs(found, step_records(layout), job_records(layout)),
     )
     return found
 
