@@ -355,6 +355,7 @@ def _processes_naming(*texts):
     (2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)"),
 ])  # fmt: skip
 def test_a_signal_ends_the_chain_with_the_resume_line(micro_data, tmp_path, signum, code, said):
+    import signal
     import subprocess
     import threading
     import time
@@ -362,9 +363,12 @@ def test_a_signal_ends_the_chain_with_the_resume_line(micro_data, tmp_path, sign
     stage = {**TEACHER, "max_epoch": 2}
     plan = write_plan(tmp_path, micro_data, [stage])
     argv = ["chain", "--plan", str(plan), "--no-evaluate"]
+    # as from a terminal: a shell's background job (`make test &`, nohup) ignores SIGINT,
+    # and a process that starts with SIGINT ignored keeps ignoring it
     proc = subprocess.Popen(
         utils.fairseq_script("evokd") + argv, cwd=tmp_path, text=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
