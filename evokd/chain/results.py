@@ -97,16 +97,17 @@ def rows(plan, trainer, scores):
 
 def step_records(layout):
     """The records of the chain's teacher steps (caches, sequence-level data)."""
-    folder = layout.steps_dir
+    return _records(layout.steps_dir)
+
+
+def _records(folder):
+    """Every ``*.json`` record in ``folder``, by name; none when it does not exist."""
     return [steps.read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def job_records(layout):
     """When each step of the run last ran, and in which job slot (``jobs/*.json``)."""
-    folder = layout.jobs_dir
-    if not folder.is_dir():
-        return []
-    found = [steps.read_json(p) for p in sorted(folder.glob("*.json"))]
+    found = _records(layout.jobs_dir)  # slurm.json holds job ids, not times
     return [r for r in found if isinstance(r, dict) and "started" in r and "ended" in r]
 
 
