@@ -97,6 +97,33 @@ def test_ct2_float32_translates_like_fairseq(outputs, data_bin, teacher_ckpt):
             assert ours_nll[i] == pytest.approx(theirs_nll[i], abs=0.02)
 
 
+def test_only_sentences_at_the_length_limit_are_scored_again(outputs, data_bin, teacher_ckpt):
+    """The shortcut against its definition: rescoring only the sentences with a hypothesis
+    at the length limit picks what rescoring every sentence's final beam picks (a limit of
+    0 puts every sentence at it), and this data reaches the limit."""
+    from evokd.core.inference import Translator, choose_device
+
+    decoding = {"beam": 5, "lenpen": 1.0, "max_len_a": 0.8, "max_len_b": 4}
+    translator = Translator(teacher_ckpt, data_bin, "train", decoding, choose_device(True))
+    model = json.loads((outputs[1] / "distill.json").read_text())["ct2_model"]["folder"]
+    decoder = ct2.CT2Decoder(model, data_bin, "train", "de-en", decoding,
+                             translator.generator.max_len, cpu=True)  # fmt: skip
+    at_limit = sentences = 0
+    for batch in translator.plan_batches(MAX_TOKENS):
+        sources = [decoder.pieces(i) for i in batch]
+        max_len = decoder.max_len(batch)
+        results = decoder.translator.translate_batch(
+            sources, beam_size=5, num_hypotheses=5, max_decoding_length=max_len,
+            min_decoding_length=1, max_input_length=0, return_scores=True,
+        )  # fmt: skip
+        shortcut, every = decoder.best(sources, results, max_len), decoder.best(sources, results, 0)
+        assert [h for h, _ in shortcut] == [h for h, _ in every]
+        assert [s for _, s in shortcut] == pytest.approx([s for _, s in every], abs=1e-3)
+        at_limit += sum(any(len(h) >= max_len for h in r.hypotheses) for r in results)
+        sentences += len(batch)
+    assert sentences == 200 and 0 < at_limit < 200
+
+
 def test_distill_json_records_the_engine(outputs, one_thread_and_cache):
     import ctranslate2
 
