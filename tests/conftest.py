@@ -4,6 +4,12 @@ import os
 # oversubscribing the cores (set before torch is imported; inherited by subprocesses).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Checkpoints converted for CTranslate2 (the default engine of distill-data and the chains'
+# seqkd steps) go into a folder of this test run, never into the user's ~/.cache.
+if "EVOKD_CT2_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["EVOKD_CT2_CACHE"] = tempfile.mkdtemp(prefix="evokd-test-ct2-")
 
 import pytest
 

@@ -251,7 +251,7 @@ def test_dry_run_lists_every_step_in_order(micro_data, tmp_path):
     steps = [line for line in out.splitlines() if line.startswith("#")]
     commands = [line for line in out.splitlines() if "fairseq-train" in line.split(" ")[0]]
     ck = tmp_path / "checkpoints" / "teach"
-    seqkd_data = f"{micro_data}.seqkd-teach-teacher"
+    seqkd_data = f"{micro_data}.seqkd-teach-teacher.ctranslate2-float32"  # where installed
     assert [line.split(":")[0] for line in steps] == [
         f"# data {micro_data}",
         "# [1/2] teacher",

@@ -50,6 +50,7 @@ def distilled(prepared, teacher_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("distilled") / "data"
     code = cli.main(
         ["distill-data", "--teacher", str(teacher_ckpt), "--data", str(prepared), "--out", str(out)]
+        + ["--engine", "fairseq"]  # fairseq's beam search, compared with fairseq-generate's
         + DECODING
         + ["--max-tokens", str(MAX_TOKENS), "--cpu"]
     )

@@ -9,11 +9,12 @@ and CTranslate2 float32 gives fairseq's hypothesis for all 200).
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from evokd import files
+from evokd import cli, files
 from evokd.distill import ct2
 from evokd.distill import seqkd as dd
 from evokd.distill.any_teacher import distill_any
@@ -63,7 +64,7 @@ def teacher_ckpt(data_bin, tmp_path_factory):
 def outputs(data_bin, teacher_ckpt, tmp_path_factory):
     """The teacher's distilled data by fairseq and by CTranslate2 float32."""
     root = tmp_path_factory.mktemp("engines")
-    for name, flags in (("fairseq", []), ("ct2", ["--engine", "ctranslate2"])):
+    for name, flags in (("fairseq", ["--engine", "fairseq"]), ("ct2", ["--engine", "ctranslate2"])):
         code, output = distill(teacher_ckpt, data_bin, root / name, *flags)
         assert code == 0, output
     return root / "fairseq", root / "ct2"
@@ -207,7 +208,7 @@ def test_damaged_or_unfinished_conversion_is_not_reused(data_bin, teacher_ckpt, 
 
 def test_another_engine_is_not_reused(outputs, data_bin, teacher_ckpt):
     _, ctranslate2 = outputs
-    code, output = distill(teacher_ckpt, data_bin, ctranslate2)
+    code, output = distill(teacher_ckpt, data_bin, ctranslate2, "--engine", "fairseq")
     assert code == 2 and "engine: 'ctranslate2' there, 'fairseq' now" in output
     code, output = distill(
         teacher_ckpt, data_bin, ctranslate2, "--engine", "ctranslate2", "--ct2-quantization", "int8"
@@ -236,7 +237,8 @@ def test_killed_run_resumes_to_the_same_result(outputs, data_bin, teacher_ckpt, 
 
 
 def test_flag_errors(data_bin, teacher_ckpt, tmp_path, monkeypatch):
-    code, output = distill(teacher_ckpt, data_bin, tmp_path / "a", "--ct2-quantization", "int8")
+    flags = ("--engine", "fairseq", "--ct2-quantization", "int8")
+    code, output = distill(teacher_ckpt, data_bin, tmp_path / "a", *flags)
     assert code == 2 and "--ct2-quantization: only with --engine ctranslate2" in output
     folder = tmp_path / "opus-mt"  # a CTranslate2 model folder: decoded by its own engine
     folder.mkdir()
@@ -247,6 +249,46 @@ def test_flag_errors(data_bin, teacher_ckpt, tmp_path, monkeypatch):
     code, output = distill(teacher_ckpt, data_bin, tmp_path / "a", "--engine", "ctranslate2")
     assert code == 2 and "--engine ctranslate2" in output and "pip install" in output
     assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()
+
+
+def test_the_engine_when_none_is_named(data_bin, teacher_ckpt, tmp_path, monkeypatch):
+    """distill-data and a chain's seqkd step decode a checkpoint through CTranslate2 where it
+    is installed (its folder named for it), through fairseq where it is not; a plan's
+    `engine:` wins; a model folder keeps its own engine."""
+    from evokd.chain.layout import Layout
+    from evokd.chain.plan import load_plan
+    from evokd.cli import distill_data as cli_distill
+
+    def resolved(*flags):
+        args = cli.build_parser().parse_args(
+            ["distill-data", "--teacher", str(teacher_ckpt), "--data", str(data_bin),
+             "--out", str(tmp_path / "x"), *flags])  # fmt: skip
+        cli_distill.check_engine(args)
+        return args.engine
+
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        f"name: e\ndata: {data_bin}\nstages:\n"
+        "  - {name: t, arch: transformer_evokd_tiny_senior, max_epoch: 1}\n"
+        "  - {name: a, arch: transformer_evokd_tiny_student, max_epoch: 1, seqkd: {teacher: t}}\n"
+        "  - {name: b, arch: transformer_evokd_tiny_student, max_epoch: 1,\n"
+        "     seqkd: {teacher: t, engine: fairseq}}\n",
+        encoding="utf-8",
+    )
+    plan = load_plan(str(plan_file))
+    layout = Layout(plan, checkpoints=tmp_path / "ck")
+
+    def folders():
+        return [Path(layout.stage_data(plan.stage(n))).name for n in ("a", "b")]
+
+    assert resolved() == "ctranslate2" and resolved("--engine", "fairseq") == "fairseq"
+    assert folders() == [
+        f"{data_bin.name}.seqkd-e-t.ctranslate2-float32",
+        f"{data_bin.name}.seqkd-e-t",
+    ]
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # not installed
+    assert resolved() == "fairseq"
+    assert folders() == [f"{data_bin.name}.seqkd-e-t"] * 2
 
 
 def _nll(teacher, data, ids, *hypotheses):

@@ -83,8 +83,8 @@ def test_step_graph_of_teacher_steps(tmp_path):
     layout = Layout(plan, checkpoints=tmp_path / "checkpoints")
     graph = {s.key: set(s.needs) for s in steps_of(layout, plan.stages)}
     cache = "cache:teacher.micro.de-en.top4"
-    distill = "distill:micro.de-en.seqkd-micro-teacher"
-    seqkd_cache = "cache:teacher.micro.de-en.seqkd-micro-teacher.top4"
+    distill = "distill:micro.de-en.seqkd-micro-teacher.ctranslate2-float32"
+    seqkd_cache = "cache:teacher.micro.de-en.seqkd-micro-teacher.ctranslate2-float32.top4"
     assert graph == {
         "stage:teacher": set(),
         cache: {"stage:teacher"},  # built once, read by cached and master

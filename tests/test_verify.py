@@ -115,7 +115,7 @@ def test_damaged_distilled_data_is_refused(distilled, data_bin, teacher_ckpt, tm
     with pytest.raises(EvokdError, match=named):  # the rerun, as the chain and mckd run it
         dd.distill_data(str(teacher_ckpt), str(data_bin), out, **GREEDY)
     argv = ["distill-data", "--teacher", teacher_ckpt, "--data", data_bin, "--out", out]
-    code, stdout, err = evokd_main(*argv, *GREEDY_FLAGS)
+    code, stdout, err = evokd_main(*argv, *GREEDY_FLAGS, "--engine", "fairseq")  # as built
     assert code == 2 and "nothing to do" not in stdout and f"{target} is damaged" in err
     code, _, err = evokd_main("verify", out)
     assert code == 2 and f"{target} is damaged" in err

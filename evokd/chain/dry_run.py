@@ -85,10 +85,12 @@ def teacher_steps(chain, stage, seen):
         state = "built" if (out / "distill.json").is_file() else "to build"
         command = distill_command(chain, stage)
         teacher = command[command.index("--teacher") + 1]
-        how = "" if kind(teacher) == "fairseq" else "raw "
+        what = kind(stage.seqkd["teacher"], chain.plan.stage_names)
+        how = "" if what == "fairseq" else "raw "
+        through = f" through {command[command.index('--engine') + 1]}" if what == "fairseq" else ""
         lines.append(
-            f"#   sequence-level KD data {out} ({state}): the {kind(teacher)} teacher {teacher} "
-            f"translates the {how}training source of {chain.plan.data}"
+            f"#   sequence-level KD data {out} ({state}): the {what} teacher {teacher} "
+            f"translates the {how}training source of {chain.plan.data}{through}"
         )
         if state == "to build":
             lines.append(shlex.join(command))
@@ -110,6 +112,8 @@ def distill_command(chain, stage):
     ``stage`` (:meth:`evokd.chain.runner.Chain.distill`), the plan's ``seqkd:`` options as
     its flags."""
     layout, spec = chain.layout, dict(stage.seqkd)
+    if kind(spec["teacher"], chain.plan.stage_names) == "fairseq":
+        spec["engine"] = layout.seqkd_engine(stage.seqkd)
     teacher = layout.teacher_path(spec.pop("teacher"))
     command = ["evokd", "distill-data", "--teacher", teacher, "--data", chain.plan.data]
     command += ["--out", layout.stage_data(stage)] + flags_to_args(spec)

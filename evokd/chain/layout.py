@@ -11,7 +11,8 @@ CHECKPOINTS/RUN/jobs/KIND-NAME.json        when and in which job slot a step las
 CHECKPOINTS/RUN/jobs/slurm.json            the Slurm job id of every submitted step
 CHECKPOINTS/RUN/jobs/KIND-NAME.sbatch, .log   a step's Slurm job script and its output
 DATA.seqkd-RUN-TEACHER[.ENGINE-QUANTIZATION][+refs]   sequence-level KD data, beside the
-                                    plan's data (TEACHER:
+                                    plan's data (ENGINE: ctranslate2 where installed,
+                                    none for fairseq's own beam search; TEACHER:
                                     a stage, a checkpoint's folder-stem, or for a model
                                     folder or server URL its name and a digest)
 RESULTS/RUN/stages/STAGE.json        a stage's evaluation
@@ -89,12 +90,24 @@ class Layout:
         if stage.seqkd:
             spec = stage.seqkd
             suffix = "+refs" if spec.get("keep-references") else ""
-            if spec.get("engine", "fairseq") != "fairseq":  # another engine, other data
-                suffix = f".{spec['engine']}-{spec.get('ct2-quantization', 'float32')}{suffix}"
+            engine = self.seqkd_engine(spec)
+            if engine != "fairseq":  # another engine, other data
+                suffix = f".{engine}-{spec.get('ct2-quantization', 'float32')}{suffix}"
             teacher = self.model_name(spec["teacher"], spec.get("teacher-model"))
             run = self.run_name.replace("/", "-")  # tiny/seed2 -> tiny-seed2
             return f"{self.plan.data.rstrip('/')}.seqkd-{run}-{teacher}{suffix}"
         return self.plan.data
+
+    def seqkd_engine(self, spec):
+        """The engine that decodes a ``seqkd:`` teacher: ``engine:`` if given; for a fairseq
+        checkpoint :func:`evokd.distill.ct2.default_engine`; a model folder or a server
+        decodes with its own (``fairseq`` stands for it: no suffix)."""
+        ref = spec["teacher"]
+        if is_url(ref) or (ref not in self.plan.stage_names and Path(ref).is_dir()):
+            return spec.get("engine", "fairseq")
+        from evokd.distill.ct2 import default_engine
+
+        return spec.get("engine") or default_engine()
 
     def cache_dir(self, stage):
         """The cache of the stage's (teacher, training data) pair, shared by every stage with

@@ -168,15 +168,19 @@ class Chain:
             from evokd.distill.any_teacher import distill_any
 
             teacher = self.layout.teacher_path(stage.seqkd["teacher"])
-            what = kind(teacher)
+            what, options = kind(teacher), seqkd_options(stage)
+            through = ""
+            if what == "fairseq":  # the engine the folder is named after
+                options["engine"] = self.layout.seqkd_engine(stage.seqkd)
+                through = f" through {options['engine']}"
             self.progress(
                 f"  sequence-level KD data {out.name}{tag}: the {what} teacher {teacher} "
-                "translates the training set"
+                f"translates the training set{through}"
             )
             start = time.time()
             with warnings.catch_warnings(action="ignore"):
                 distill_any(teacher, self.plan.data, str(out), cpu=not self.devices.cuda,
-                            where=f"stage {stage.name}: seqkd", **seqkd_options(stage))  # fmt: skip
+                            where=f"stage {stage.name}: seqkd", **options)  # fmt: skip
             record = {"step": "distill", "name": out.name, "teacher": teacher, "kind": what}
             record["seconds"] = time.time() - start
             steps.write_json(path, record)

@@ -26,7 +26,8 @@ teacher, data and settings verifies its files against their recorded sha256 and 
 more (a damaged file is named); with other settings it is refused. Uses the GPU when there
 is one (--processes N: one process per GPU, or N CPU processes; the same output as one).
 
---engine ctranslate2 decodes the checkpoint with CTranslate2 (pip install ctranslate2): it
+The engine of a checkpoint: CTranslate2 where it is installed (the `teachers` extra), else
+fairseq's own beam search; --engine names one. CTranslate2 decodes the checkpoint: it
 is converted once, with DATA's dictionaries and --ct2-quantization (float32 by default;
 int8 and int8_float32 also run on CPUs), into $EVOKD_CT2_CACHE (else ~/.cache/evokd/ct2)
 in a folder named after the checkpoint's sha256 and the quantization, reused while intact.
@@ -106,11 +107,12 @@ def add_arguments(parser):
 def add_engine_arguments(parser):
     group = parser.add_argument_group("engine of a fairseq checkpoint teacher (a .pt)")
     group.add_argument(
-        "--engine", choices=("fairseq", "ctranslate2"), default="fairseq",
+        "--engine", choices=("fairseq", "ctranslate2"),
         help="fairseq: its own beam search; ctranslate2: the checkpoint converted once to a "
         "CTranslate2 model (cached by the checkpoint's sha256 in $EVOKD_CT2_CACHE, else "
-        "~/.cache/evokd/ct2) and decoded with the same batches and decoding flags, usually "
-        "faster on CPUs (needs pip install ctranslate2) (default: %(default)s)",
+        "~/.cache/evokd/ct2) and decoded with the same batches and decoding flags, faster "
+        "on CPUs, in float32 the same lines (default: ctranslate2 where it is installed, "
+        "else fairseq)",
     )  # fmt: skip
     group.add_argument(
         "--ct2-quantization", choices=QUANTIZATIONS, metavar="TYPE",
@@ -171,11 +173,19 @@ def check_engine(args):
     from evokd.errors import EvokdError
     from evokd.teachers.text import teacher_kind
 
-    if args.engine != "fairseq" and teacher_kind(args.teacher) != "fairseq":
-        raise EvokdError(
-            f"--engine {args.engine}: only for a fairseq checkpoint teacher (a .pt); "
-            f"--teacher {args.teacher} is decoded by its own engine"
-        )
+    if teacher_kind(args.teacher) != "fairseq":
+        if args.engine:
+            raise EvokdError(
+                f"--engine {args.engine}: only for a fairseq checkpoint teacher (a .pt); "
+                f"--teacher {args.teacher} is decoded by its own engine"
+            )
+        if args.ct2_quantization:
+            raise EvokdError("--ct2-quantization: only for a fairseq checkpoint teacher")
+        return
+    if args.engine is None:
+        from evokd.distill.ct2 import default_engine
+
+        args.engine = default_engine()
     if args.ct2_quantization and args.engine != "ctranslate2":
         raise EvokdError("--ct2-quantization: only with --engine ctranslate2")
 

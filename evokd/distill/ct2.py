@@ -56,6 +56,15 @@ def cache_root():
     return Path(base) / "evokd" / "ct2"
 
 
+def default_engine():
+    """The engine of a fairseq teacher when none is named: ``ctranslate2`` where it is
+    installed (in float32 it writes fairseq's lines, faster: docs/benchmarks.md, "Distilled
+    data through CTranslate2"), else ``fairseq``."""
+    import importlib.util
+
+    return "ctranslate2" if importlib.util.find_spec("ctranslate2") else "fairseq"
+
+
 def check_engine(engine, quantization):
     """Fail naming the flag unless ``engine`` and ``quantization`` are known; the
     ``ctranslate2`` module (or None for fairseq), else an error saying how to install it."""

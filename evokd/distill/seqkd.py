@@ -281,7 +281,8 @@ def distill_data(
     converted once to a CTranslate2 model with weights in ``ct2_quantization``, kept in
     ``ct2_cache`` or :func:`evokd.distill.ct2.cache_root`, and decoded with the same
     batches and settings: :mod:`evokd.distill.ct2`). The engine is part of the settings:
-    a build made with the other one is not reused.
+    a build made with the other one is not reused. (``evokd distill-data`` and the chains
+    choose :func:`evokd.distill.ct2.default_engine` when none is named.)
     """
     start = time.perf_counter()
     data, out = str(data), Path(out)
