@@ -194,3 +194,23 @@ def test_front_and_recommended_student():
         "s2 (ctranslate2): 12.0x the teacher in fairseq, 3.00x the teacher in CTranslate2" in line
     )
     assert bench_translate_report.recommend(rows[:2]) is None
+
+
+def test_a_line_that_is_the_start_of_another_is_drawn_above_it(tmp_path, drawn):
+    """Direct KD for 5 epochs and for 12 with the same seed: the same run up to epoch 5
+    (measured in cpu_controls), so the shorter line would lie hidden under the longer."""
+    long = [(505 * k, 18.0 + k) for k in range(1, 13)]
+    found = {"senior_student": long[:5], "senior_student_long": long, "master": long[1:6]}
+    assert curves.starts_of(found) == {"senior_student": "senior_student_long"}
+    curves.plot_curves(found, tmp_path / "curves.png", "bleu", title="cpu_controls, seed 3")
+    fig = drawn["evokd.chain.curves"]
+    assert_no_overlap(fig)
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends  # the legend's frame leaves the title alone
+    assert not legend.get_window_extent(renderer).overlaps(
+        fig._suptitle.get_window_extent(renderer)
+    )
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    short = lines["senior_student\n(= the start of senior_student_long)"]
+    assert short.get_zorder() > lines["senior_student_long"].get_zorder()
+    assert "master" in lines  # points inside another line, not its start: no note

@@ -177,7 +177,21 @@ def chain_curves(stages, metric=None):
     return {"metric": metric, "curves": curves, "offsets": offsets, "continues": continues}
 
 
-def _draw(ax, curves, names, continues, styles):
+def starts_of(curves):
+    """stage -> the stage whose line begins with all of this one's points (the same x and
+    y), for a line that would otherwise lie hidden under a longer one: two stages with the
+    same seed and batches that differ only in their budget, say."""
+    found = {}
+    for name, points in curves.items():
+        for other, longer in curves.items():
+            if other != name and points and len(longer) > len(points):
+                if longer[: len(points)] == points:
+                    found[name] = other
+                    break
+    return found
+
+
+def _draw(ax, curves, names, continues, styles, starts):
     for name in names:
         points = curves[name]
         xs, ys = [x for x, _ in points], [y for _, y in points]
@@ -185,8 +199,11 @@ def _draw(ax, curves, names, continues, styles):
         if source:  # join the line to where its source ended
             xs, ys = [source[-1][0]] + xs, [source[-1][1]] + ys
         colour, linestyle, marker = styles[name]
+        label = f"{name}\n(= the start of {starts[name]})" if name in starts else name
+        # shorter lines above longer ones, so that a line that is the start of another shows
         ax.plot(xs, ys, linestyle=linestyle, marker=marker, markersize=4, color=colour,
-                label=name, linewidth=1.3, markerfacecolor="none")  # fmt: skip
+                label=label, linewidth=1.3, markerfacecolor="none",
+                zorder=2 + 1 / (1 + len(points)))  # fmt: skip
     ax.grid(alpha=0.3)
 
 
@@ -202,9 +219,11 @@ def plot_curves(curves, path, metric="bleu", continues=None, title=None, teacher
     (:func:`evokd.core.plots.styles`); a stage in ``continues`` starts its line at the last
     point of its source's. Stages in ``teachers`` get a panel of their own on the left,
     against the updates in the stage; the others are drawn against the student's updates
-    counted across the stages it started from. Returns ``path``."""
+    counted across the stages it started from. A line that is the start of another
+    (:func:`starts_of`) is drawn above it and says so in the legend. Returns ``path``."""
     continues = continues or {}
     drawn = [name for name, points in curves.items() if points]
+    starts = starts_of({name: curves[name] for name in drawn})
     styles = dict(zip(drawn, plots.styles(len(drawn))))
     taught = [name for name in drawn if name in teachers]
     students = [name for name in drawn if name not in teachers]
@@ -215,14 +234,14 @@ def plot_curves(curves, path, metric="bleu", continues=None, title=None, teacher
     if taught:
         fig.get_layout_engine().set(wspace=0.05)
     for ax, (names, xlabel) in zip(axes, panels):
-        _draw(ax, curves, names, continues, styles)
+        _draw(ax, curves, names, continues, styles, starts)
         ax.set_xlabel(xlabel, fontsize=9)
         if taught:
             ax.set_title("teachers" if names is taught else "students", fontsize=9)
     axes[0].set_ylabel(METRICS.get(metric, metric))
     if drawn:
         handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
-        fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="stage")
+        fig.legend(handles=handles, loc="outside right center", fontsize=7, title="stage")
     else:
         axes[0].text(0.5, 0.5, "no validation logged yet", ha="center", transform=axes[0].transAxes)
     fig.suptitle(textwrap.fill(plot_title(title, metric), 90), fontsize=10)

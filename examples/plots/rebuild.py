@@ -9,8 +9,9 @@
   ("Fast students"); drawn by :func:`evokd.deploy.bench_translate_report.plot` into
   ``bench_translate_fast_students.png``.
 
-``results_cpu_curves.png`` needs the stages' training logs, which are not in the
-repository: `evokd chain --plan cpu_controls --evaluate-only` redraws it where they are.
+``results_cpu_controls_seed3_curves.png`` needs the stages' training logs, which are not
+in the repository: a run's report draws its ``curves.png`` from them
+(:func:`evokd.chain.curves.write_curves`).
 """
 
 import argparse
