@@ -114,8 +114,9 @@ def test_a_failed_step_stops_only_its_dependants():
         if step.name == "a":
             raise EvokdError("a broke")
 
-    outcome = run_steps(_graph(), 2, run)
-    assert sorted(ran) == ["a", "b", "e"]
+    reported = []
+    outcome = run_steps(_graph(), 2, run, on_failure=lambda s, e: reported.append((s.key, str(e))))
+    assert sorted(ran) == ["a", "b", "e"] and reported == [("stage:a", "a broke")]
     assert list(outcome.failed) == ["stage:a"] and str(outcome.failed["stage:a"]) == "a broke"
     assert outcome.blocked == {"stage:c": "stage:a", "stage:d": "stage:c"}
     assert not outcome and "stage:d not run: it needs stage:c" in outcome.describe()
@@ -159,6 +160,40 @@ def test_the_machine_is_divided_between_jobs():
     assert [d.visible for d in gpus.split(3)] == [[0], [1], [2]]
     with pytest.raises(EvokdError, match="--jobs 5 .* 4 visible"):
         gpus.split(5)
+
+
+def test_teacher_steps_of_two_jobs_set_fairseq_up_at_once(data_bin, monkeypatch):
+    """Two jobs' teacher steps run in threads of one process and both set up fairseq, which
+    composes its config through Hydra's one global instance (a chain's cache step failed
+    with "GlobalHydra is already initialized" this way). Hydra's step is slowed so that the
+    two calls overlap every time."""
+    import threading
+
+    from fairseq.dataclass import utils as fairseq_config
+
+    from evokd.core.runtime import parse_config
+
+    compose = fairseq_config.compose  # called while Hydra's global instance is set up
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return compose(*args, **kwargs)
+
+    monkeypatch.setattr(fairseq_config, "compose", slow)
+    errors, tasks = [], []
+
+    def set_up():
+        try:
+            tasks.append(parse_config([data_bin, "--task", "translation"], parser="generation"))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=set_up) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and [cfg.task.data for cfg in tasks] == [str(data_bin)] * 2
 
 
 def test_slurm_resources_are_checked_and_merged(tmp_path):

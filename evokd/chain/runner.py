@@ -207,11 +207,17 @@ class Chain:
         run_step = StepRunner(self, stages, jobs, hint)
         with run_step.threads():
             outcome = schedule.run_steps(
-                graph, jobs, run_step, fail_fast=jobs <= 1, on_abort=stop_running
-            )
+                graph, jobs, run_step, fail_fast=jobs <= 1, on_abort=stop_running,
+                on_failure=self.report_failure,
+            )  # fmt: skip
         if not outcome:
             raise EvokdError(f"chain {self.layout.run_name}: {outcome.describe()}")
         return self.report() if evaluate else []
+
+    def report_failure(self, step, error):
+        """The progress line of a step that failed while other jobs go on."""
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        self.progress(f"{step.key} failed: {first}; the steps that need it will not run")
 
     def run_step(self, key, hint=None):
         """Run the one step ``key`` of the chain (what a Slurm job runs): its prerequisites

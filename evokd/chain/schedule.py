@@ -100,12 +100,14 @@ class Outcome:
         return "; ".join(lines)
 
 
-def run_steps(steps, jobs, run, fail_fast=False, on_abort=None):
+def run_steps(steps, jobs, run, fail_fast=False, on_abort=None, on_failure=None):
     """Run ``steps`` (ordered so that each comes after its needs), every step whose needs
     have finished, up to ``jobs`` at a time: ``run(step, slot)`` runs one in job slot
     1..jobs. A failed step stops the steps that need it (directly or not); the others run
     on. ``fail_fast``: the first failure is raised at once. ``on_abort()``: called when the
-    run is stopped (Ctrl-C, SIGTERM) with steps running. Returns the :class:`Outcome`."""
+    run is stopped (Ctrl-C, SIGTERM) with steps running. ``on_failure(step, error)``: called
+    when a step fails and the run goes on, at once rather than at the end. Returns the
+    :class:`Outcome`."""
     outcome, done = Outcome(), set()
     pending = list(steps)
 
@@ -132,6 +134,8 @@ def run_steps(steps, jobs, run, fail_fast=False, on_abort=None):
                 if fail_fast:
                     raise
                 outcome.failed[step.key] = exc
+                if on_failure:
+                    on_failure(step, exc)
             else:
                 done.add(step.key)
         return outcome
@@ -161,6 +165,8 @@ def run_steps(steps, jobs, run, fail_fast=False, on_abort=None):
                 done.add(step.key)
             else:
                 outcome.failed[step.key] = exc
+                if on_failure:
+                    on_failure(step, exc)
     except BaseException:
         if on_abort:
             on_abort()

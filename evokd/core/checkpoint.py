@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 
+from evokd.core.runtime import FAIRSEQ_CONFIG_LOCK
 from evokd.data.folder import dictionary_path, dictionary_size, symbols
 from evokd.errors import EvokdError
 
@@ -61,7 +62,8 @@ def load_checkpoint(path, flag="checkpoint"):
     check_exists(path, flag)
     register_safe_globals()
     try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        with FAIRSEQ_CONFIG_LOCK:  # upgrading an old checkpoint composes a config
+            state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as exc:  # unpickling and upgrade errors come in many types
         raise CheckpointError(f"{flag} {path}: {_diagnose(path, exc)}") from exc
     if not isinstance(state, dict) or "model" not in state or state.get("cfg") is None:

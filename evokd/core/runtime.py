@@ -4,9 +4,16 @@ Building fairseq's config dataclasses directly shares nested objects between ins
 ve-fairseq and leaves their ``II(...)`` interpolations unresolved; the parser does neither.
 """
 
+import threading
 from pathlib import Path
 
 USER_DIR = str(Path(__file__).resolve().parents[1])  # the evokd package: fairseq's --user-dir
+
+# fairseq composes its configs through Hydra's one global instance (``initialize`` in
+# ``convert_namespace_to_omegaconf``, also reached from checkpoint loading): two threads
+# doing it at once fail with "GlobalHydra is already initialized". A chain running several
+# jobs runs its teacher steps in threads of one process, so every such call holds this.
+FAIRSEQ_CONFIG_LOCK = threading.RLock()
 
 
 def parse_config(argv, parser="training", default_task="translation"):
@@ -14,12 +21,13 @@ def parse_config(argv, parser="training", default_task="translation"):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    if parser == "training":
-        p = options.get_training_parser(default_task=default_task)
-    else:
-        p = options.get_generation_parser(default_task=default_task)
-    args = options.parse_args_and_arch(p, input_args=[str(a) for a in argv])
-    return convert_namespace_to_omegaconf(args)
+    with FAIRSEQ_CONFIG_LOCK:
+        if parser == "training":
+            p = options.get_training_parser(default_task=default_task)
+        else:
+            p = options.get_generation_parser(default_task=default_task)
+        args = options.parse_args_and_arch(p, input_args=[str(a) for a in argv])
+        return convert_namespace_to_omegaconf(args)
 
 
 def translation_task(data, subsets=(), src=None, tgt=None, extra=()):
