@@ -17,6 +17,22 @@ from evokd import cli
 from tests import utils
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fairseq_in_this_process():
+    """The stages, translations and binarizations that evokd starts as fairseq's programs
+    (fairseq-train, fairseq-generate, fairseq-preprocess, one process each) run in the test's
+    own process, with the same command lines: torch and fairseq are imported once per test
+    process, not once per command. Commands of several processes (torchrun) and those of
+    ``evokd`` run in a subprocess (``tests.utils.run``) start processes as users' do."""
+    from evokd import processes
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            processes, "run_process", utils.run_process_in_this_one(processes.run_process)
+        )
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_bin(tmp_path_factory):
     """200 training and 40 validation Multi30k pairs, binarized (joined dictionary)."""

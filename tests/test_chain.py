@@ -80,8 +80,7 @@ def finished(tmp_path_factory):
     """The micro plan run once, uninterrupted: (root, plan, output)."""
     root = tmp_path_factory.mktemp("chain")
     plan = micro_plan(root, senior_epochs=3)
-    cmd = utils.fairseq_script("evokd") + ["chain", "--plan", str(plan)]
-    _, out = utils.run(cmd, cwd=root)
+    _, out = chain(root, plan)
     return root, plan, out
 
 
@@ -579,3 +578,25 @@ def test_stage_list_may_hold_its_own_prerequisites(tmp_path):
     assert code == 2 and "needs its teacher junior_teacher, which is not finished (never" in out
     assert "--seeds 2 --stage junior_teacher first" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_stage_folder_held_by_another_process_waits_then_is_refused(tmp_path):
+    """A stopped Slurm job's process may still hold the stage's lock as its rerun starts:
+    the rerun waits for it to end, and refuses only after the wait, naming the folder."""
+    import fcntl
+    import threading
+
+    from evokd.errors import EvokdError
+    from evokd.processes import take_lock
+
+    path = tmp_path / ".lock"
+    held = open(path, "w")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    with open(path, "w") as mine:
+        start = time.monotonic()
+        with pytest.raises(EvokdError, match=r"stage s: F is being trained by another process"):
+            take_lock(mine, "stage s: F", wait=0.6)
+        assert time.monotonic() - start >= 0.6
+        threading.Timer(0.3, held.close).start()  # the other process ends
+        take_lock(mine, "stage s: F", wait=10)
+        assert time.monotonic() - start < 5

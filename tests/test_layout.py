@@ -22,6 +22,7 @@ PACKAGE = ROOT / "evokd"
 FLOORS = [
     ("evokd.errors",),
     ("evokd.files",),
+    ("evokd.processes",),
     ("evokd.data",),
     ("evokd.core",),
     ("evokd", "evokd.train", "evokd.tasks", "evokd.criterions", "evokd.models", "evokd.teachers"),
@@ -30,7 +31,7 @@ FLOORS = [
     ("evokd.methods",),
     ("evokd.cli",),
 ]
-PLUGIN = 4  # the floor of `--user-dir evokd`
+PLUGIN = 5  # the floor of `--user-dir evokd`
 SIDE_BY_SIDE = (  # folders that never import each other
     ("evokd.distill", "evokd.evaluation", "evokd.deploy"),
     ("evokd.methods.mckd", "evokd.methods.patch"),

@@ -4,13 +4,16 @@ Like fairseq's own tests/utils.py: a few hundred real sentence pairs (the shippe
 Multi30k), binarized with fairseq-preprocess, 2-layer models trained for an epoch.
 """
 
+import contextlib
 import gzip
+import io
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -106,45 +109,152 @@ def train_command(data_bin, save_dir, arch, extra=(), epochs=1):
     return argv
 
 
-class _Lines(logging.Handler):
-    """Log records as fairseq-train's console shows them."""
+# fairseq's command-line programs this suite runs in its own process, by the module or
+# console script that starts them.
+MAINS = {
+    "fairseq-train": "train", "fairseq_cli.train": "train",
+    "fairseq_cli.generate": "generate", "fairseq_cli.preprocess": "preprocess",
+}  # fmt: skip
+THREAD_VARIABLES = {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+_ONE_AT_A_TIME = threading.Lock()  # fairseq keeps its metrics and best score per process
 
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s"))
-        self.lines = []
 
-    def emit(self, record):
-        self.lines.append(self.format(record))
+def fairseq_program(cmd):
+    """(program, argv, threads) of a one-process fairseq command line that may run in this
+    process (``env VAR=...`` in front setting only thread counts), else None."""
+    env = {}
+    if cmd and cmd[0] == "env":
+        cmd = list(cmd[1:])
+        while cmd and "=" in cmd[0]:
+            key, value = cmd.pop(0).split("=", 1)
+            env[key] = value
+    if set(env) - THREAD_VARIABLES or not cmd:
+        return None
+    threads = int(env["OMP_NUM_THREADS"]) if "OMP_NUM_THREADS" in env else None
+    if Path(cmd[0]).name == "fairseq-train":
+        return "train", cmd[1:], threads
+    if len(cmd) > 2 and cmd[1] == "-m" and cmd[2] in MAINS:
+        return MAINS[cmd[2]], cmd[3:], threads
+    return None
+
+
+class _Tee:
+    def __init__(self, *files):
+        self.files = files
+
+    def write(self, text):
+        for f in self.files:
+            f.write(text)
+
+    def flush(self):
+        for f in self.files:
+            f.flush()
+
+
+def fairseq_main(program, argv, out):
+    """fairseq's ``program`` ("train", "generate" or "preprocess") on ``argv`` in this
+    process, as fairseq's own tests run it (``distributed_utils.call_main(cfg,
+    train.main)``): what it prints and logs go to the file ``out``; returns the exit status
+    its command would have, an exception's traceback written where the program prints."""
+    import traceback
+
+    from fairseq import checkpoint_utils, distributed_utils, options
+    from fairseq_cli import generate, preprocess
+    from fairseq_cli import train as fairseq_train
+
+    from evokd.core.runtime import FAIRSEQ_CONFIG_LOCK
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s"))
+    me = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == me)  # this run's records only...
+
+    def others(record):
+        return record.thread != me  # ... and only here
+
+    elsewhere = list(logging.getLogger().handlers)
+    for other in elsewhere:
+        other.addFilter(others)
+    # the INFO lines of the program, as its own process shows them (``evokd`` quiets them)
+    quiet = [logging.getLogger(name) for name in ("", "fairseq", "fairseq_cli")]
+    levels = [logger.level for logger in quiet]
+    fairseq_logger = logging.getLogger("fairseq_cli.preprocess")
+    handlers = list(fairseq_logger.handlers)
+    quiet[0].addHandler(handler)
+    for logger in quiet:
+        logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out):
+            if program == "preprocess":
+                preprocess.main(options.get_preprocessing_parser().parse_args(argv))
+                return 0
+            parser = (
+                options.get_training_parser()
+                if program == "train"
+                else options.get_generation_parser()
+            )
+            with FAIRSEQ_CONFIG_LOCK:
+                args = options.parse_args_and_arch(parser, input_args=argv)
+                cfg = convert_namespace_to_omegaconf(args)
+            if program == "generate":
+                generate.main(cfg)
+                return 0
+            # fairseq keeps the best validation score of the process on a function
+            # attribute; a new run starts without one, as a new fairseq-train process does
+            if hasattr(checkpoint_utils.save_checkpoint, "best"):
+                del checkpoint_utils.save_checkpoint.best
+            distributed_utils.call_main(cfg, fairseq_train.main)
+            return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception:
+        out.write(traceback.format_exc())
+        return 1
+    finally:
+        quiet[0].removeHandler(handler)
+        for other in elsewhere:
+            other.removeFilter(others)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+        for extra in set(fairseq_logger.handlers) - set(handlers):  # preprocess.log's
+            fairseq_logger.removeHandler(extra)
+            extra.close()
+
+
+def run_process_in_this_one(real):
+    """A stand-in for :func:`evokd.core.devices.run_process` that runs fairseq's one-process
+    commands in this process (one at a time; another at the same moment, or any other
+    command, goes to ``real``): the same command line, without importing torch and fairseq
+    again for each stage, translation and binarization."""
+
+    def run_process(cmd, log, stream, env):
+        program = fairseq_program(list(cmd))
+        if program is None or set(env) - THREAD_VARIABLES:
+            return real(cmd, log, stream, env)
+        if not _ONE_AT_A_TIME.acquire(blocking=False):
+            return real(cmd, log, stream, env)
+        name, argv, threads = program
+        threads = int(env.get("OMP_NUM_THREADS", threads or 0)) or None
+        try:
+            import torch
+
+            saved = torch.get_num_threads()
+            torch.set_num_threads(threads or saved)
+            try:
+                return fairseq_main(name, argv, _Tee(log, sys.stderr) if stream else log)
+            finally:
+                torch.set_num_threads(saved)
+        finally:
+            _ONE_AT_A_TIME.release()
+
+    return run_process
 
 
 def train_in_process(argv):
-    """fairseq-train in this process, as fairseq's own tests run it
-    (``distributed_utils.call_main(cfg, train.main)``); returns (exit code, log text).
-    An exception during set-up or training is the non-zero exit, its message in the log."""
-    from fairseq import checkpoint_utils, distributed_utils, options
-    from fairseq_cli import train as fairseq_train
-
-    # fairseq keeps the best validation score of the process on a function attribute; a new
-    # run starts without one, as a new fairseq-train process does
-    if hasattr(checkpoint_utils.save_checkpoint, "best"):
-        del checkpoint_utils.save_checkpoint.best
-    handler, root = _Lines(), logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        parser = options.get_training_parser()
-        args = options.parse_args_and_arch(parser, input_args=[str(a) for a in argv])
-        distributed_utils.call_main(convert_namespace_to_omegaconf(args), fairseq_train.main)
-        code = 0
-    except Exception as exc:  # what fairseq-train would print before exiting
-        handler.lines.append(f"{type(exc).__name__}: {exc}")
-        code = 1
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-    return code, "\n".join(handler.lines)
+    """fairseq-train in this process; returns (exit code, log text)."""
+    out = io.StringIO()
+    code = fairseq_main("train", [str(a) for a in argv], out)
+    return code, out.getvalue()
 
 
 def train(data_bin, save_dir, arch, extra=(), epochs=1, script=None):

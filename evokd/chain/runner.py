@@ -35,8 +35,9 @@ from evokd.chain.plan import cache_spec, ordered, validate
 from evokd.chain.progress import Progress, clock
 from evokd.chain.stage import StageTrainer
 from evokd.chain.teachers import is_text_teacher, kind, seqkd_options
-from evokd.core.devices import stop_running, torch_threads
+from evokd.core.devices import torch_threads
 from evokd.errors import EvokdError
+from evokd.processes import stop_running
 
 logger = logging.getLogger(__name__)
 

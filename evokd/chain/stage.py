@@ -13,7 +13,6 @@ The trainer builds nothing else: a stage that reads a teacher cache or trains on
 teacher's translations needs them built first (:class:`evokd.chain.runner.Chain` does).
 """
 
-import fcntl
 import logging
 import math
 import os
@@ -24,9 +23,10 @@ from evokd import files as steps
 from evokd.chain.layout import STAGE_RECORD
 from evokd.chain.plan import cache_spec, flags_to_args, kd_flags
 from evokd.chain.teachers import is_text_teacher
-from evokd.core.devices import Devices, run_logged
+from evokd.core.devices import Devices
 from evokd.core.runtime import USER_DIR
 from evokd.errors import EvokdError
+from evokd.processes import run_logged, take_lock
 from evokd.teachers.text import check_word_level_teacher
 
 logger = logging.getLogger(__name__)
@@ -275,12 +275,7 @@ class StageTrainer:
         logger.debug("stage %s: %s on %s -> %s", stage.name, verb, self.devices.describe(), folder)
         start = time.time()
         with open(folder / ".lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                raise EvokdError(
-                    f"stage {stage.name}: {folder} is being trained by another process"
-                ) from exc
+            take_lock(lock, f"stage {stage.name}: {folder}")
             log = self.layout.train_log(stage)
             try:
                 run_logged(cmd, log, stream=self.verbose)

@@ -1,6 +1,6 @@
 """Where training runs and how its processes start: the GPUs or CPU processes of a stage,
-the ``fairseq-train`` / ``torchrun`` command line that starts them, and a logged child
-process that dies with its parent.
+and the ``fairseq-train`` / ``torchrun`` command line that starts them (run by
+:func:`evokd.processes.run_logged`).
 
 Several machines: set NNODES, NODE_RANK and MASTER_ADDR in the environment (torchrun's
 meaning) on each of them.
@@ -13,8 +13,6 @@ CPU-only machine the cores (``OMP_NUM_THREADS`` = cores // N), and its own torch
 import contextlib
 import logging
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -147,56 +145,3 @@ def script(name):
     """A console script of this environment, else the one on PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
-
-
-def _die_with_parent():
-    """Linux: the child dies with its parent, so a rerun never races it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-RUNNING = set()  # the processes run_logged has started and not yet seen end
-
-
-def stop_running(timeout=10):
-    """Stop every process :func:`run_logged` is waiting on (a chain running several jobs,
-    stopped): SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    procs = list(RUNNING)
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def run_logged(cmd, log_path, stream=True):
-    """Run ``cmd``, appending its output to ``log_path`` (and to stderr if ``stream``);
-    the process dies with this one. A failure names the log."""
-    with open(log_path, "a", encoding="utf-8", buffering=1) as log:  # tail -f shows it live
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            preexec_fn=_die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        RUNNING.add(proc)
-        try:
-            for line in proc.stdout:
-                if stream:
-                    sys.stderr.write(line)
-                log.write(line)
-            code = proc.wait()
-        finally:
-            RUNNING.discard(proc)
-    if code != 0:
-        raise EvokdError(f"training failed (exit status {code}); see {log_path}")

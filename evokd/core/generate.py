@@ -9,9 +9,7 @@ whose token count includes one end of sentence per hypothesis.
 """
 
 import logging
-import os
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Optional
 from evokd.core.metrics import detokenize, score
 from evokd.core.runtime import USER_DIR
 from evokd.errors import EvokdError
+from evokd.processes import run_logged
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +83,9 @@ def generate(checkpoint, data, subset, src, tgt, decoding_args, log_path, thread
     cmd = command(checkpoint, data, subset, src, tgt, decoding_args)
     logger.info(f"translating {data} {subset} with fairseq-generate; output in {log_path}")
     # Unbuffered, and no loader workers: nothing from stderr lands inside an H- line.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads is not None:
-        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    env = {} if threads is None else {name: str(threads) for name in THREAD_VARIABLES}
     start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("# " + " ".join(cmd) + "\n")
-        log.flush()
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    code = run_logged(cmd, log_path, stream=False, env=env, mode="w", check=False)
     wall = round(time.perf_counter() - start, 2)
     with open(log_path, encoding="utf-8", errors="replace") as log:
         lines = log.read().split("\n")

@@ -9,7 +9,6 @@ import json
 import logging
 import re
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from evokd.errors import EvokdError
 from evokd.files import publish
+from evokd.processes import run_logged
 
 from . import bpe
 from .corpora import SPLITS
@@ -177,21 +177,20 @@ def binarize_step(out, src, tgt, workers):
            "--validpref", prefix["valid"], "--testpref", prefix["test"],
            "--destdir", str(tmp), "--workers", str(workers)]  # fmt: skip
     logger.info("binarizing: %s", " ".join(cmd))
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
-    tail = []
-    for line in proc.stdout:
-        line = line.rstrip()
+    log = out / ".binarize.log"
+    code = run_logged(cmd, log, stream=False, mode="w", check=False)
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in lines:
         if any(key in line for key in (" Dictionary: ", " sents, ")):
             logger.info("fairseq-preprocess: %s", line.split("preprocess:", 1)[-1].strip())
-        tail = (tail + [line])[-5:]
-    if proc.wait() != 0:
+    if code != 0:
+        tail = [line.rstrip() for line in lines if line.strip()][-5:]
         raise EvokdError(
-            f"fairseq-preprocess failed (exit status {proc.returncode}): "
+            f"fairseq-preprocess failed (exit status {code}): "
             + " / ".join(tail)
-            + f"; {out} stays unfinished, rerun to resume"
+            + f"; {out} stays unfinished (its output: {log}), rerun to resume"
         )
+    log.unlink()
     for f in tmp.iterdir():
         publish(f, out / f.name)
     tmp.rmdir()
