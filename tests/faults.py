@@ -1,10 +1,12 @@
 """Fault injection: run an evokd command in a subprocess that SIGKILLs itself at a chosen
 point (the n-th call of a named function, before or after it runs), as a crash or an
-out-of-memory kill would stop it there."""
+out-of-memory kill would stop it there. fairseq's one-process programs run inside it, as in
+the test process (``tests.utils.run_process_in_this_one``): the kill stops them too."""
 
 import json
 import signal
 import sys
+from pathlib import Path
 
 from tests import utils
 
@@ -24,7 +26,10 @@ def wrapper(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return result
 setattr(module, spec["name"], wrapper)
-from evokd import cli
+sys.path.insert(0, spec["root"])
+from tests import utils
+from evokd import cli, processes
+processes.run_process = utils.run_process_in_this_one(processes.run_process)
 sys.exit(cli.main(spec["argv"]))
 """
 
@@ -35,6 +40,7 @@ def killed_run(argv, target, n=1, when="after"):
     Asserts that the kill happened (the command did not finish on its own)."""
     module, name = target.split(":")
     spec = {"module": module, "name": name, "n": n, "when": when, "argv": [str(a) for a in argv]}
+    spec["root"] = str(Path(__file__).resolve().parents[1])
     code, out = utils.run([sys.executable, "-c", SCRIPT, json.dumps(spec)], check=False)
     assert code == -signal.SIGKILL, f"expected a SIGKILL at {target} #{n}, got {code}:\n{out}"
     return out

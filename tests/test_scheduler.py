@@ -407,6 +407,9 @@ def test_slurm_chain_with_a_killed_job(on_cluster, local):
     senior = root / "checkpoints" / "slurm" / "senior_teacher"
     wait_for(lambda: (senior / "checkpoint_last.pt").is_file())
     on_cluster.run("scontrol", "suspend", ids["stage:senior_teacher"])  # cannot finish first
+    # resumed at the moment it is cancelled: a job cancelled while suspended leaves its
+    # processes stopped here (proctrack/linuxproc), holding the stage's lock
+    on_cluster.run("scontrol", "resume", ids["stage:senior_teacher"])
     on_cluster.run("scancel", ids["stage:senior_teacher"])
     on_cluster.wait_idle()
     assert stage_record(root, "slurm", "junior_student").get("finished")
