@@ -135,8 +135,7 @@ def test_uneven_shards_with_a_cache(data_bin, teacher_ckpt, tmp_path):
     train = dict(TRAIN, **{"batch-size": 40})
     spec = {"name": "uneven", "data": str(data_bin), "train": train, "stages": [stage]}
     plan.write_text(json.dumps(spec, indent=1))
-    cmd = utils.fairseq_script("evokd") + ["chain", "--plan", str(plan), "--no-evaluate"]
-    cmd += ["--gpus", "2", "--master-port", str(_free_port())]
-    code, out = utils.run(cmd, cwd=tmp_path, check=False)
+    argv = ["chain", "--plan", plan, "--no-evaluate", "--gpus", "2", "--master-port", _free_port()]
+    code, out = utils.evokd_in_process(argv, cwd=tmp_path, check=False)
     log = (tmp_path / "checkpoints" / "uneven" / "s" / "train.log").read_text()
     assert code == 0, log[-3000:]
