@@ -67,6 +67,7 @@ def run_process(cmd, log, stream, env):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        errors="replace",  # a byte that is not UTF-8 in a log line is not a failure
         bufsize=1,
         preexec_fn=_die_with_parent,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
