@@ -111,12 +111,7 @@ def test_only_sentences_at_the_length_limit_are_scored_again(outputs, data_bin, 
                              translator.generator.max_len, cpu=True)  # fmt: skip
     at_limit = sentences = 0
     for batch in translator.plan_batches(MAX_TOKENS):
-        sources = [decoder.pieces(i) for i in batch]
-        max_len = decoder.max_len(batch)
-        results = decoder.translator.translate_batch(
-            sources, beam_size=5, num_hypotheses=5, max_decoding_length=max_len,
-            min_decoding_length=1, max_input_length=0, return_scores=True,
-        )  # fmt: skip
+        sources, results, max_len = decoder.search(batch)
         shortcut, every = decoder.best(sources, results, max_len), decoder.best(sources, results, 0)
         assert [h for h, _ in shortcut] == [h for h, _ in every]
         assert [s for _, s in shortcut] == pytest.approx([s for _, s in every], abs=1e-3)

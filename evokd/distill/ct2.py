@@ -221,23 +221,29 @@ class CT2Decoder:
             )
         return np.array(ids + [self.tgt_dict.eos()], dtype=np.int32)
 
+    def search(self, batch):
+        """CTranslate2's beam search over the examples of ``batch``: (their source pieces,
+        its results with the whole final beam, the batch's length limit)."""
+        sources = [self.pieces(i) for i in batch]
+        max_len = self.max_len(batch)
+        results = self.translator.translate_batch(
+            sources,
+            beam_size=self.decoding["beam"],
+            num_hypotheses=self.decoding["beam"],
+            length_penalty=self.decoding["lenpen"],
+            max_decoding_length=max_len,
+            min_decoding_length=1,
+            max_input_length=0,  # never cut: too long a source is an error before
+            max_batch_size=0,  # the batch as planned
+            return_scores=True,
+        )
+        return sources, results, max_len
+
     def __call__(self, batches):
         start = time.perf_counter()
         items = []
         for batch in batches:
-            sources = [self.pieces(i) for i in batch]
-            max_len = self.max_len(batch)
-            results = self.translator.translate_batch(
-                sources,
-                beam_size=self.decoding["beam"],
-                num_hypotheses=self.decoding["beam"],
-                length_penalty=self.decoding["lenpen"],
-                max_decoding_length=max_len,
-                min_decoding_length=1,
-                max_input_length=0,  # never cut: too long a source is an error before
-                max_batch_size=0,  # the batch as planned
-                return_scores=True,
-            )
+            sources, results, max_len = self.search(batch)
             for example, (pieces, score) in zip(batch, self.best(sources, results, max_len)):
                 items.append((int(example), self.ids(example, pieces), score))
         return [i for i, _, _ in items], (items, time.perf_counter() - start)
