@@ -66,6 +66,38 @@ def killed_run(argv, target, n=1, when="after"):
     return text
 
 
+def started(argv, cwd):
+    """``evokd ARGV`` from ``cwd`` in a fork of the test process (its output discarded);
+    returns its pid, for the test to kill when it chooses (:func:`kill`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.chdir(cwd)
+            from evokd import cli
+
+            code = cli.main([str(a) for a in argv])
+        finally:
+            os._exit(code if isinstance(code, int) else 70)
+    return pid
+
+
+def running(pid):
+    """Whether the forked command ``pid`` is still running."""
+    return os.waitpid(pid, os.WNOHANG) == (0, 0)
+
+
+def kill(pid):
+    """SIGKILL the forked command ``pid`` and wait for it to end."""
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
 def killed_then_resumed(argv, target, n, when, out, main, published=False):
     """Kill ``evokd ARGV`` at ``target`` #n, check that OUT is complete (``published``: the
     kill came after the rename that publishes it) or absent, then rerun ARGV in-process with

@@ -5,8 +5,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +14,7 @@ import torch
 from sacrebleu.metrics import BLEU
 
 from evokd import cli
-from tests import utils
+from tests import faults, utils
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_DIMS = {
@@ -150,15 +148,13 @@ def test_killed_chain_resumes_and_matches(finished, tmp_path):
     first_two = json.loads(ref_plan.read_text())["stages"][:2]
     plan = micro_plan(tmp_path, senior_epochs=3, stages=first_two)
     shutil.copytree(ref_root / "data-bin", tmp_path / "data-bin")  # prepared alike
-    cmd = utils.fairseq_script("evokd") + ["chain", "--plan", str(plan)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = faults.started(["chain", "--plan", plan], tmp_path)  # a fork of this process
     senior = tmp_path / "checkpoints" / "micro" / "senior_teacher"
     deadline = time.time() + 300
     while not (senior / "checkpoint1.pt").exists() and time.time() < deadline:
-        assert proc.poll() is None, "the chain ended before it could be killed"
+        assert faults.running(pid), "the chain ended before it could be killed"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    faults.kill(pid)
     record = json.loads((senior / "evokd_stage.json").read_text())
     assert not record["finished"]
     done = {
