@@ -31,34 +31,47 @@ def _killing(real, n, when):
     return wrapper
 
 
+def fork(argv, out_fd, cwd=None, before=None):
+    """``evokd ARGV`` in a fork of the test process, its output into the file descriptor
+    ``out_fd``, from ``cwd``, after ``before()``; returns the child's pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the test
+        code = 70
+        try:
+            os.dup2(out_fd, 1)
+            os.dup2(out_fd, 2)
+            if cwd is not None:
+                os.chdir(cwd)
+            if before is not None:
+                before()
+            from evokd import cli
+
+            code = cli.main([str(a) for a in argv])
+        except BaseException:  # reported through the exit status
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code if isinstance(code, int) else 70)
+    return pid
+
+
 def killed_run(argv, target, n=1, when="after"):
     """Run ``evokd ARGV`` and kill it at the ``n``-th call of ``target`` ("module:function").
 
     Asserts that the kill happened (the command did not finish on its own)."""
     module_name, name = target.split(":")
     module = importlib.import_module(module_name)
+
+    def arm():
+        setattr(module, name, _killing(getattr(module, name), n, when))
+
     with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the test
-            code = 70
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(out.fileno(), 2)
-                setattr(module, name, _killing(getattr(module, name), n, when))
-                from evokd import cli
-
-                code = cli.main([str(a) for a in argv])
-            except BaseException:  # reported through the exit status
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code if isinstance(code, int) else 70)
-        _, status = os.waitpid(pid, 0)
+        _, status = os.waitpid(fork(argv, out.fileno(), before=arm), 0)
         out.seek(0)
         text = out.read()
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
@@ -69,22 +82,11 @@ def killed_run(argv, target, n=1, when="after"):
 def started(argv, cwd):
     """``evokd ARGV`` from ``cwd`` in a fork of the test process (its output discarded);
     returns its pid, for the test to kill when it chooses (:func:`kill`)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            os.chdir(cwd)
-            from evokd import cli
-
-            code = cli.main([str(a) for a in argv])
-        finally:
-            os._exit(code if isinstance(code, int) else 70)
-    return pid
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        return fork(argv, devnull, cwd)
+    finally:
+        os.close(devnull)
 
 
 def running(pid):

@@ -16,9 +16,12 @@ import sys
 import threading
 from pathlib import Path
 
+import torch
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import evokd
+from evokd.core.devices import torch_threads
+from evokd.core.generate import THREAD_VARIABLES
 
 EVOKD_DIR = os.path.dirname(os.path.abspath(evokd.__file__))
 CORPUS = Path(EVOKD_DIR) / "corpora" / "multi30k"
@@ -115,7 +118,6 @@ MAINS = {
     "fairseq-train": "train", "fairseq_cli.train": "train",
     "fairseq_cli.generate": "generate", "fairseq_cli.preprocess": "preprocess",
 }  # fmt: skip
-THREAD_VARIABLES = {"OMP_NUM_THREADS", "MKL_NUM_THREADS"}
 _ONE_AT_A_TIME = threading.Lock()  # fairseq keeps its metrics and best score per process
 
 
@@ -128,7 +130,7 @@ def fairseq_program(cmd):
         while cmd and "=" in cmd[0]:
             key, value = cmd.pop(0).split("=", 1)
             env[key] = value
-    if set(env) - THREAD_VARIABLES or not cmd:
+    if set(env) - set(THREAD_VARIABLES) or not cmd:
         return None
     threads = int(env["OMP_NUM_THREADS"]) if "OMP_NUM_THREADS" in env else None
     if Path(cmd[0]).name == "fairseq-train":
@@ -222,28 +224,22 @@ def fairseq_main(program, argv, out):
 
 
 def run_process_in_this_one(real):
-    """A stand-in for :func:`evokd.core.devices.run_process` that runs fairseq's one-process
+    """A stand-in for :func:`evokd.processes.run_process` that runs fairseq's one-process
     commands in this process (one at a time; another at the same moment, or any other
     command, goes to ``real``): the same command line, without importing torch and fairseq
     again for each stage, translation and binarization."""
 
     def run_process(cmd, log, stream, env):
         program = fairseq_program(list(cmd))
-        if program is None or set(env) - THREAD_VARIABLES:
+        if program is None or set(env) - set(THREAD_VARIABLES):
             return real(cmd, log, stream, env)
         if not _ONE_AT_A_TIME.acquire(blocking=False):
             return real(cmd, log, stream, env)
         name, argv, threads = program
-        threads = int(env.get("OMP_NUM_THREADS", threads or 0)) or None
+        threads = int(env.get("OMP_NUM_THREADS", 0)) or threads or torch.get_num_threads()
         try:
-            import torch
-
-            saved = torch.get_num_threads()
-            torch.set_num_threads(threads or saved)
-            try:
+            with torch_threads(threads):
                 return fairseq_main(name, argv, _Tee(log, sys.stderr) if stream else log)
-            finally:
-                torch.set_num_threads(saved)
         finally:
             _ONE_AT_A_TIME.release()
 
