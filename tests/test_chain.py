@@ -142,8 +142,9 @@ def test_rerun_skips_finished_stages(finished, monkeypatch):
 
 
 def test_killed_chain_resumes_and_matches(finished, tmp_path):
-    """The plan's first two stages, killed in the senior teacher's second epoch and rerun,
-    score exactly as in the uninterrupted run."""
+    """The plan's first two stages, killed in the senior teacher's second epoch, its
+    checkpoint_last.pt then cut to half (as a kill in fairseq's copy of a save leaves it), and
+    rerun, score exactly as in the uninterrupted run."""
     ref_root, ref_plan, _ = finished
     first_two = json.loads(ref_plan.read_text())["stages"][:2]
     plan = micro_plan(tmp_path, senior_epochs=3, stages=first_two)
@@ -151,10 +152,13 @@ def test_killed_chain_resumes_and_matches(finished, tmp_path):
     pid = faults.started(["chain", "--plan", plan], tmp_path)  # a fork of this process
     senior = tmp_path / "checkpoints" / "micro" / "senior_teacher"
     deadline = time.time() + 300
-    while not (senior / "checkpoint1.pt").exists() and time.time() < deadline:
+    last = senior / "checkpoint_last.pt"  # the first epoch saved (its last copy begun)
+    while not last.exists() and time.time() < deadline:
         assert faults.running(pid), "the chain ended before it could be killed"
         time.sleep(0.05)
     faults.kill(pid)
+    whole = last.read_bytes()
+    last.write_bytes(whole[: len(whole) // 2])
     record = json.loads((senior / "evokd_stage.json").read_text())
     assert not record["finished"]
     done = {
@@ -169,11 +173,42 @@ def test_killed_chain_resumes_and_matches(finished, tmp_path):
         assert sha(tmp_path / "checkpoints" / "micro" / name / "checkpoint_best.pt") == digest
     log = (senior / "train.log").read_text()
     assert "Loaded checkpoint" in log
+    assert "checkpoint_last.pt was truncated" in out
     ours, reference = results(tmp_path), results(ref_root)
     assert list(ours) == ["junior_teacher", "senior_teacher"]
     for name, row in ours.items():
         for key in ("bleu", "sacrebleu", "chrf", "updates"):
             assert reference[name][key] == row[key], (name, key)
+
+
+def test_a_save_cut_short_is_mended_from_the_save_it_copied(tmp_path):
+    """fairseq renames a save's first file into place and copies it to checkpoint_best.pt
+    and checkpoint_last.pt: a truncated copy is replaced by the newest whole checkpoint, a
+    whole one is left alone, and a truncated one with nothing to mend it from is removed."""
+    from evokd.core.checkpoint import repair_interrupted_save
+
+    def save(name, value, age):
+        path = tmp_path / name
+        torch.save({"epoch": value, "weights": torch.full((256,), float(value))}, path)
+        os.utime(path, ns=(time.time_ns() - age * 10**9,) * 2)
+        return path
+
+    save("checkpoint1.pt", 1, age=30)
+    best = save("checkpoint_best.pt", 1, age=29)
+    newest = save("checkpoint2.pt", 2, age=20)
+    last = tmp_path / "checkpoint_last.pt"
+    last.write_bytes(newest.read_bytes()[:700])
+    before = sha(best)
+    assert repair_interrupted_save(tmp_path) == ["checkpoint_last.pt"]
+    assert sha(last) == sha(newest) and sha(best) == before
+    assert torch.load(last)["epoch"] == 2
+    assert repair_interrupted_save(tmp_path) == []
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "checkpoint_last.pt").write_bytes(newest.read_bytes()[:700])
+    assert repair_interrupted_save(alone) == ["checkpoint_last.pt"]
+    assert not (alone / "checkpoint_last.pt").exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -260,6 +260,10 @@ class StageTrainer:
         folder.mkdir(parents=True, exist_ok=True)
         self.check_folder(stage)
         writes = self.devices.node_rank == 0  # on several machines, only the first records
+        if writes:  # a kill in fairseq's last save may have left a truncated copy
+            from evokd.core.checkpoint import repair_interrupted_save
+
+            repair_interrupted_save(folder)
         resumed = (folder / "checkpoint_last.pt").is_file()
         if stage.init_from_state == "training" and not resumed:
             start_from_training_state(self.layout.best_checkpoint(stage.init_from), folder)

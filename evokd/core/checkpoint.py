@@ -9,6 +9,9 @@ checkpoints before importing :mod:`evokd` call :func:`register_safe_globals` the
 import argparse
 import logging
 import os
+import shutil
+import zipfile
+from pathlib import Path
 
 from evokd.core.runtime import FAIRSEQ_CONFIG_LOCK
 from evokd.data.folder import dictionary_path, dictionary_size, symbols
@@ -240,3 +243,31 @@ def count_parameters(model_state):
             seen.add(ident)
             total += tensor.numel()
     return total
+
+
+def repair_interrupted_save(folder):
+    """Mend what a kill in the middle of fairseq's checkpoint save leaves in a training
+    ``folder``; returns the names of the files mended.
+
+    fairseq writes a save's first file (``checkpoint<N>.pt``) through a temporary file and a
+    rename, then *copies* it to ``checkpoint_best.pt`` and ``checkpoint_last.pt``; a copy cut
+    short leaves a truncated file (not a complete zip archive), which would stop the resumed
+    training, or be read later as the stage's best. Each truncated one is replaced by the newest
+    complete checkpoint of the folder (the save's first file, whose copy it was meant to be),
+    or removed where there is none (the stage then trains from its start)."""
+    folder = Path(folder)
+    files = [p for p in folder.glob("checkpoint*.pt") if p.is_file()]
+    broken = [p for p in files if not zipfile.is_zipfile(p)]
+    whole = sorted((p for p in files if p not in broken), key=lambda p: p.stat().st_mtime_ns)
+    for path in broken:
+        if whole:
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.copyfile(whole[-1], tmp)
+            os.replace(tmp, path)
+            logger.warning(
+                "%s was truncated (a save cut short); replaced by %s", path, whole[-1].name
+            )
+        else:
+            path.unlink()
+            logger.warning("%s was truncated (a save cut short) and removed", path)
+    return sorted(p.name for p in broken)
