@@ -16,6 +16,7 @@ from pathlib import Path
 from evokd.core.runtime import FAIRSEQ_CONFIG_LOCK
 from evokd.data.folder import dictionary_path, dictionary_size, symbols
 from evokd.errors import EvokdError
+from evokd.files import publish
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def repair_interrupted_save(folder):
         if whole:
             tmp = path.with_name(path.name + ".tmp")
             shutil.copyfile(whole[-1], tmp)
-            os.replace(tmp, path)
+            publish(tmp, path)
             logger.warning(
                 "%s was truncated (a save cut short); replaced by %s", path, whole[-1].name
             )
