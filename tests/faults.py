@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 
 def _killing(real, n, when):
@@ -107,3 +108,19 @@ def killed_then_resumed(argv, target, n, when, out, main, published=False):
     killed_run(argv, target, n, when)
     assert out.exists() == published, out  # complete, or not there
     assert main([str(a) for a in argv]) == 0
+
+
+def processes_naming(*texts, cwd=None):
+    """Ids of the running processes whose command line holds all ``texts`` (and whose working
+    folder is ``cwd``, when given)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if cwd is not None and os.readlink(proc / "cwd") != str(cwd):
+                continue
+        except (OSError, UnicodeDecodeError):
+            continue
+        if proc.name.isdigit() and all(text in cmdline for text in texts):
+            found.append(int(proc.name))
+    return found

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from evokd import cli
-from tests import utils
+from tests import faults, utils
 from tests.test_chain import MICRO_DIMS, chain
 
 TRAIN = {
@@ -338,19 +338,6 @@ def test_failure_line(tmp_path, log, line):
 # Ctrl-C and SIGTERM: one line that says how to resume, the training process gone with it.
 
 
-def _processes_naming(*texts):
-    """Ids of the running processes whose command line holds all ``texts``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if proc.name.isdigit() and all(text in cmdline for text in texts):
-            found.append(int(proc.name))
-    return found
-
-
 @pytest.mark.parametrize("signum, code, said", [
     (2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)"),
 ])  # fmt: skip
@@ -377,7 +364,7 @@ def test_a_signal_ends_the_chain_with_the_resume_line(micro_data, tmp_path, sign
     deadline = time.time() + 300
     while not (
         any(line.startswith("[1/1] teacher: training") for line in lines)
-        and _processes_naming(*trainer)
+        and faults.processes_naming(*trainer)
     ):
         assert proc.poll() is None and time.time() < deadline, "".join(lines)
         time.sleep(0.05)
@@ -387,9 +374,9 @@ def test_a_signal_ends_the_chain_with_the_resume_line(micro_data, tmp_path, sign
     resume = f"evokd chain: {said}; finished work is kept: 'evokd {' '.join(argv)}' resumes\n"
     assert lines[-1] == resume and not any("Traceback" in line for line in lines), lines
     deadline = time.time() + 10
-    while _processes_naming(*trainer) and time.time() < deadline:
+    while faults.processes_naming(*trainer) and time.time() < deadline:
         time.sleep(0.1)
-    assert _processes_naming(*trainer) == []  # fairseq-train went with it
+    assert faults.processes_naming(*trainer) == []  # fairseq-train went with it
     assert not record(tmp_path, "teach", "teacher")["finished"]
     _, out = chain(tmp_path, plan, "--no-evaluate")
     assert record(tmp_path, "teach", "teacher")["finished"]

@@ -5,6 +5,7 @@ machine divided between jobs, and every step a job of a real one-node Slurm clus
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from evokd.chain.plan import load_plan, slurm_resources
 from evokd.chain.schedule import Step, run_steps, steps_of
 from evokd.core.devices import Devices
 from evokd.errors import EvokdError
-from tests import slurm_cluster, utils
+from tests import faults, slurm_cluster, utils
 from tests.test_chain import MICRO_DIMS, micro_plan
 
 TRAIN = {
@@ -287,11 +288,8 @@ def test_two_jobs_overlap_and_give_the_same_checkpoints(local):
 
 
 def test_sigterm_stops_every_job_and_the_rerun_finishes(local):
-    import signal
     import subprocess
     import threading
-
-    from tests.test_chain_teaching import _processes_naming
 
     argv = ["chain", "--plan", "sched.yaml", "--run", "stopped", "--jobs", "2", "--threads", "1"]
     argv.append("--no-evaluate")
@@ -302,10 +300,14 @@ def test_sigterm_stops_every_job_and_the_rerun_finishes(local):
     lines = []
     threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
     trainers = "--save-dir checkpoints/stopped/"
-    wait_for(lambda: len(_processes_naming("fairseq-train", trainers)) == 2 or proc.poll())
+    wait_for(
+        lambda: (
+            len(faults.processes_naming("fairseq-train", trainers, cwd=local)) == 2 or proc.poll()
+        )
+    )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143, "".join(lines)
-    wait_for(lambda: not _processes_naming("fairseq-train", trainers), timeout=15)
+    wait_for(lambda: not faults.processes_naming("fairseq-train", trainers, cwd=local), timeout=15)
     assert not any(stage_record(local, "stopped", n).get("finished") for n in NAMES)
     chain(local, *argv[3:])
     for name in NAMES:
@@ -371,11 +373,11 @@ def dependencies(cluster, job):
     return sorted(re.findall(r"afterok:(\d+)", found))
 
 
-def wait_for(condition, timeout=120):
+def wait_for(condition, timeout=120, poll=0.3):
     deadline = time.time() + timeout
     while not condition():
         assert time.time() < deadline, "timed out"
-        time.sleep(0.3)
+        time.sleep(poll)
 
 
 def test_a_plan_error_submits_nothing(on_cluster, tmp_path):
@@ -402,14 +404,21 @@ def test_slurm_chain_with_a_killed_job(on_cluster, local):
     for key, after in expected.items():
         if after:
             assert dependencies(on_cluster, ids[key]) == sorted(after), key
-    # kill the long stage's job after its first checkpoint: the report (which needs it) is
-    # cancelled with it, the others finish
+    # cancel the long stage's job after its first checkpoint: the report (which needs it) is
+    # cancelled with it, the others finish. Its fairseq-train is stopped first (SIGSTOP), so
+    # that it cannot finish its 24 updates before the cancel reaches it; Slurm's cancel sends
+    # every process of the job SIGCONT, then SIGTERM.
     senior = root / "checkpoints" / "slurm" / "senior_teacher"
-    wait_for(lambda: (senior / "checkpoint_last.pt").is_file())
-    on_cluster.run("scontrol", "suspend", ids["stage:senior_teacher"])  # cannot finish first
-    # resumed at the moment it is cancelled: a job cancelled while suspended leaves its
-    # processes stopped here (proctrack/linuxproc), holding the stage's lock
-    on_cluster.run("scontrol", "resume", ids["stage:senior_teacher"])
+    trainer = ("fairseq-train", "--save-dir checkpoints/slurm/senior_teacher ")
+    wait_for(
+        lambda: (
+            (senior / "checkpoint_last.pt").is_file()
+            and faults.processes_naming(*trainer, cwd=root)
+        ),
+        poll=0.05,
+    )
+    for pid in faults.processes_naming(*trainer, cwd=root):
+        os.kill(pid, signal.SIGSTOP)
     on_cluster.run("scancel", ids["stage:senior_teacher"])
     on_cluster.wait_idle()
     assert stage_record(root, "slurm", "junior_student").get("finished")

@@ -9,7 +9,6 @@ equal to an uninterrupted run, and the errors.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,10 @@ from evokd.data.folder import load_side  # noqa: E402
 from evokd.data.prepare import prepare  # noqa: E402
 from evokd.errors import EvokdError  # noqa: E402
 from evokd.teachers import text  # noqa: E402
-from tests import faults, utils  # noqa: E402
-from tests.llm import OFFLINE, corpus_lines, free_port, llama, serve  # noqa: E402
+from tests import faults  # noqa: E402
+from tests.llm import corpus_lines, free_port, llama, serve  # noqa: E402
 
 N_TRAIN = 48
-BIN = Path(sys.executable).parent
 
 
 def marian(root, eos_bias):
@@ -66,9 +64,12 @@ def marian(root, eos_bias):
 
 
 def convert(folder, out):
-    cmd = [str(BIN / "ct2-transformers-converter"), "--model", str(folder), "--output_dir",
-           str(out), "--copy_files", "source.spm", "target.spm"]  # fmt: skip
-    utils.run(cmd, env=OFFLINE)
+    """The Marian ``folder`` converted into ``out`` as ``ct2-transformers-converter --model
+    FOLDER --output_dir OUT --copy_files source.spm target.spm`` converts it (the command's
+    own converter class, in this process)."""
+    from ctranslate2.converters import TransformersConverter
+
+    TransformersConverter(str(folder), copy_files=["source.spm", "target.spm"]).convert(str(out))
     return out
 
 
