@@ -203,6 +203,10 @@ def test_a_save_cut_short_is_mended_from_the_save_it_copied(tmp_path):
     assert sha(last) == sha(newest) and sha(best) == before
     assert torch.load(last)["epoch"] == 2
     assert repair_interrupted_save(tmp_path) == []
+    legacy = tmp_path / "checkpoint_best.pt"  # torch's older format is no zip, and whole
+    torch.save({"epoch": 1}, legacy, _use_new_zipfile_serialization=False)
+    before = sha(legacy)
+    assert repair_interrupted_save(tmp_path) == [] and sha(legacy) == before
 
     alone = tmp_path / "alone"
     alone.mkdir()

@@ -246,19 +246,32 @@ def count_parameters(model_state):
     return total
 
 
+def _cut_short(path):
+    """A file that begins as a zip archive (torch.save's format) but lacks its end, or is
+    empty: a copy stopped part-way. torch's older format (a pickle) is never taken for one."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head == b"" or (head == b"PK\x03\x04" and not zipfile.is_zipfile(path))
+
+
 def repair_interrupted_save(folder):
     """Mend what a kill in the middle of fairseq's checkpoint save leaves in a training
     ``folder``; returns the names of the files mended.
 
     fairseq writes a save's first file (``checkpoint<N>.pt``) through a temporary file and a
-    rename, then *copies* it to ``checkpoint_best.pt`` and ``checkpoint_last.pt``; a copy cut
-    short leaves a truncated file (not a complete zip archive), which would stop the resumed
-    training, or be read later as the stage's best. Each truncated one is replaced by the newest
-    complete checkpoint of the folder (the save's first file, whose copy it was meant to be),
-    or removed where there is none (the stage then trains from its start)."""
+    rename, then *copies* it to ``checkpoint_best.pt``, ``checkpoint_last.pt`` (and
+    ``checkpoint.best_*.pt``); a copy cut short leaves a truncated file, which would stop the
+    resumed training, or be read later as the stage's best. Each truncated copy is replaced by
+    the newest whole checkpoint of the folder (the save's first file, whose copy it was meant
+    to be), or removed where there is none (the stage then trains from its start)."""
     folder = Path(folder)
     files = [p for p in folder.glob("checkpoint*.pt") if p.is_file()]
-    broken = [p for p in files if not zipfile.is_zipfile(p)]
+    copies = ("checkpoint_best.pt", "checkpoint_last.pt")
+    broken = [
+        p
+        for p in files
+        if (p.name in copies or p.name.startswith("checkpoint.best_")) and _cut_short(p)
+    ]
     whole = sorted((p for p in files if p not in broken), key=lambda p: p.stat().st_mtime_ns)
     for path in broken:
         if whole:
