@@ -23,9 +23,10 @@ MICRO = [
     "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
     "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
 ]  # fmt: skip
-FAST = {  # architecture: (encoder layers, decoder layers, width)
-    "transformer_evokd_tiny_student_5_1": (5, 1, 64),
-    "transformer_evokd_student_6_1": (6, 1, 128),
+FAST = {  # architecture: (encoder layers, decoder layers, width, pre-norm)
+    "transformer_evokd_tiny_student_5_1": (5, 1, 64, False),
+    "transformer_evokd_tiny_student_5_1_prenorm": (5, 1, 64, True),
+    "transformer_evokd_student_6_1": (6, 1, 128, False),
 }
 MAX_LEN = 20
 N_TEST = 30
@@ -106,10 +107,17 @@ def greedy(prepared, models, tmp_path_factory):
 
 @pytest.mark.parametrize("arch", sorted(FAST))
 def test_fast_students_have_their_split(prepared, arch):
-    encoder, decoder, width = FAST[arch]
+    encoder, decoder, width, prenorm = FAST[arch]
     model = _build(prepared, arch)
     assert (len(model.encoder.layers), len(model.decoder.layers)) == (encoder, decoder)
     assert model.encoder.embed_tokens.embedding_dim == width
+    layers = [*model.encoder.layers, *model.decoder.layers]
+    assert [layer.normalize_before for layer in layers] == [prenorm] * (encoder + decoder)
+    # pre-norm stacks end with a layer norm of their own (fairseq adds it), post-norm do not
+    assert (model.encoder.layer_norm is not None, model.decoder.layer_norm is not None) == (
+        prenorm,
+        prenorm,
+    )
     assert model.decoder.layers[0].fc1.out_features == (512 if width == 64 else 1024)
     # flags still override the defaults
     model = _build(prepared, arch, ["--decoder-layers", "2"])

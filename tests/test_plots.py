@@ -194,6 +194,18 @@ def test_front_and_recommended_student():
         "s2 (ctranslate2): 12.0x the teacher in fairseq, 3.00x the teacher in CTranslate2" in line
     )
     assert bench_translate_report.recommend(rows[:2]) is None
+    # With shortlists (--shortlist both): a shortlisted student is held against the
+    # shortlisted teacher, as it would be deployed, not against the teacher without one.
+    listed = [
+        dict(r, system=r["system"][:-1] + ", shortlist)", shortlist=True, speedup=2 * r["speedup"])
+        for r in rows
+        if r["engine"] != "fairseq"
+    ]
+    found = bench_translate_report.recommend(rows + listed)
+    assert found["row"]["system"] == "s2 (ctranslate2, shortlist)"
+    assert found["over_teacher_ct2"] == pytest.approx(24.0 / 8.0)  # not 24 / 4
+    line = bench_translate_report.front_lines(rows + listed)[1]
+    assert "24.0x the teacher in fairseq, 3.00x the teacher in CTranslate2 int8 with its" in line
 
 
 def test_a_line_that_is_the_start_of_another_is_drawn_above_it(tmp_path, drawn):

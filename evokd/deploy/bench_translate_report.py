@@ -71,8 +71,9 @@ def front(rows):
 def recommend(rows, max_loss=0.5):
     """For one beam: the fastest student (a model other than the teacher) whose BLEU is at
     most ``max_loss`` below the best student's, with its speed-up over the teacher in
-    CTranslate2 int8 when that ran. Returns a dict (``row``, ``loss``, ``best``,
-    ``over_teacher_ct2``) or None without students."""
+    CTranslate2 int8 when that ran, with a shortlist when the student's row used one and
+    without when it did not (the same deployment for both). Returns a dict (``row``,
+    ``loss``, ``best``, ``over_teacher_ct2``) or None without students."""
     students = [r for r in rows if r["model"] != "teacher" and r.get("bleu") is not None]
     if not students:
         return None
@@ -81,7 +82,8 @@ def recommend(rows, max_loss=0.5):
     row = max(near, key=lambda r: (r["speedup"], r["bleu"]))
     teacher_ct2 = next(
         (r for r in rows if r["model"] == "teacher" and r.get("quantization") == "int8"
-         and r["engine"] != "fairseq"), None,
+         and r["engine"] != "fairseq" and bool(r.get("shortlist")) == bool(row.get("shortlist"))),
+        None,
     )  # fmt: skip
     over = row["speedup"] / teacher_ct2["speedup"] if teacher_ct2 else None
     return {"row": row, "loss": best["bleu"] - row["bleu"], "best": best, "over_teacher_ct2": over}
@@ -99,6 +101,7 @@ def front_lines(rows, max_loss=0.5):
             f"{found['best']['system']}): {r['system']}: {r['speedup']:.1f}x the teacher in "
             "fairseq"
             + (f", {over:.2f}x the teacher in CTranslate2 int8" if over else "")
+            + (" with its shortlist" if over and r.get("shortlist") else "")
             + f", {found['loss']:.2f} BLEU below the best student"
         )
     return lines
