@@ -160,6 +160,26 @@ def test_bench_plot_teacher_is_the_reference(tmp_path, drawn):
         "teacher (fairseq)": 38.38, "student 3+3 (64) (fairseq)": 35.31}  # fmt: skip
 
 
+def test_bench_plot_draws_shortlisted_models_hollow(tmp_path, drawn):
+    """The front's run (--shortlist both): each model with and without its shortlist at its
+    own point, the shortlisted ones with a white face, the others filled."""
+    data = example("bench_translate_front.json")
+    bench_translate_report.plot(data, tmp_path / "front.png")
+    fig = drawn["evokd.deploy.bench_translate_report"]
+    assert_no_overlap(fig)
+    assert "hollow: with a shortlist" in legend_labels(fig)
+    for ax, beam in zip(fig.axes, (5, 1)):
+        rows = [r for r in data["rows"] if r["beam"] == beam]
+        teacher = rows[0]["bleu"]
+        white = {}
+        for c in ax.collections:
+            for point, face in zip(c.get_offsets(), c.get_facecolors()):
+                white[(round(point[0], 6), point[1])] = bool(face[:3].min() == 1.0)
+        for r in rows:
+            assert white[(round(teacher - r["bleu"], 6), r["speedup"])] == bool(r["shortlist"])
+        assert sum(bool(r["shortlist"]) for r in rows) == 9  # 4 students x 2 + the teacher
+
+
 def test_front_and_recommended_student():
     """By construction: the fairseq student is beaten by the teacher in CTranslate2 int8,
     the third student by the second; the second is 0.5 BLEU below the best student."""

@@ -119,9 +119,12 @@ def _scatter(ax, rows, colours, markers):
     ax.axvline(0, color="0.5", linewidth=0.8, linestyle=":", zorder=1)
     ax.axhline(1, color="0.5", linewidth=0.8, linestyle=":", zorder=1)
     for r in rows:
+        colour = colours[r["model"]]
+        # A shortlisted CTranslate2 model is drawn hollow, in its model's colour.
+        face, rim, width = ("white", colour, 1.3) if r.get("shortlist") else (colour, "black", 0.4)
         ax.scatter(
-            top - r["bleu"], r["speedup"], marker=markers[_engine(r)], color=colours[r["model"]],
-            s=46, zorder=3, edgecolors="black", linewidths=0.4,
+            top - r["bleu"], r["speedup"], marker=markers[_engine(r)], facecolors=face,
+            edgecolors=rim, s=46, zorder=3, linewidths=width,
         )  # fmt: skip
     edge = front(rows)
     ax.plot([top - r["bleu"] for r in edge], [r["speedup"] for r in edge], color="0.3",
@@ -133,7 +136,7 @@ def _scatter(ax, rows, colours, markers):
     return 0, reference["speedup"]
 
 
-def _legends(fig, colours, markers):
+def _legends(fig, colours, markers, shortlist=False):
     from matplotlib.lines import Line2D
 
     def handle(**kw):
@@ -150,6 +153,9 @@ def _legends(fig, colours, markers):
             label="reference: teacher in fairseq",
         )  # fmt: skip
     )
+    if shortlist:
+        engines.append(handle(marker="o", markerfacecolor="white", markeredgecolor="0.4",
+                              markeredgewidth=1.3, label="hollow: with a shortlist"))  # fmt: skip
     engines.append(
         Line2D([], [], color="0.3", linestyle="--", label="front: none faster and better")
     )
@@ -159,9 +165,9 @@ def _legends(fig, colours, markers):
 
 def plot(result, path):
     """A PNG: speed-up over the teacher in fairseq against BLEU below it, one panel per
-    beam, one colour per model and one marker per engine; the teacher in fairseq is the
-    reference of both (at 0 and 1x), ringed and named. Fixed lengths: the speed-ups as bars
-    (there is no BLEU)."""
+    beam, one colour per model and one marker per engine (hollow with a shortlist); the
+    teacher in fairseq is the reference of both (at 0 and 1x), ringed and named. Fixed
+    lengths: the speed-ups as bars (there is no BLEU)."""
     rows, m = result["rows"], result["meta"]
     data = f"{m['subset']} of {Path(m['data']).name}, {m['threads']} thread(s)"
     if m["fixed_length"]:
@@ -189,7 +195,7 @@ def plot(result, path):
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.12)
     axes[0].set_ylabel("speed-up over the teacher in fairseq (sentences/s)", fontsize=9)
-    _legends(fig, colours, markers)
+    _legends(fig, colours, markers, shortlist=any(r.get("shortlist") for r in rows))
     fig.suptitle(f"Speed against quality: each system against the teacher in fairseq, {data}",
                  fontsize=10)  # fmt: skip
     renderer = plots.freeze_layout(fig)

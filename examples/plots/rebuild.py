@@ -8,6 +8,9 @@
 - ``bench_translate_fast_students.json``: the bench-translate tables of docs/benchmarks.md
   ("Fast students"); drawn by :func:`evokd.deploy.bench_translate_report.plot` into
   ``bench_translate_fast_students.png``.
+- ``bench_translate_front.json``: the bench-translate run of docs/benchmarks.md ("The
+  front"), its ``--json`` output without the hypotheses; drawn into
+  ``bench_translate_front.png``.
 
 ``results_cpu_controls_seed3_curves.png`` needs the stages' training logs, which are not
 in the repository: a run's report draws its ``curves.png`` from them
@@ -32,7 +35,10 @@ def main():
     report.plot(results["rows"], args.out / "results_cpu.png", results["title"])
     bench = json.loads((HERE / "bench_translate_fast_students.json").read_text(encoding="utf-8"))
     bench_translate_report.plot(bench, args.out / "bench_translate_fast_students.png")
-    print(f"wrote {args.out / 'results_cpu.png'}, {args.out / 'bench_translate_fast_students.png'}")
+    front = json.loads((HERE / "bench_translate_front.json").read_text(encoding="utf-8"))
+    bench_translate_report.plot(front, args.out / "bench_translate_front.png")
+    names = ("results_cpu.png", "bench_translate_fast_students.png", "bench_translate_front.png")
+    print("wrote " + ", ".join(str(args.out / name) for name in names))
 
 
 if __name__ == "__main__":
