@@ -180,6 +180,28 @@ def test_bench_plot_draws_shortlisted_models_hollow(tmp_path, drawn):
         assert sum(bool(r["shortlist"]) for r in rows) == 9  # 4 students x 2 + the teacher
 
 
+def test_the_bleu_budget_chooses_the_recommended_student():
+    """The front's run: within 0.5 BLEU of the best student (the 4+2 at 128 wide, 35.05 in
+    int8) only the 4+2 itself qualifies; with 1.2 the pre-norm 5+1 (33.88) does, and it is
+    held against the teacher in int8 with its shortlist (1,008.1 / 258.3 sentences/s)."""
+    data = example("bench_translate_front.json")
+    lines = [
+        line for line in bench_translate_report.table(data).splitlines() if "recommended" in line
+    ]
+    assert len(lines) == 2  # one per beam
+    assert "at most 0.5 BLEU below the best, student 4+2 (128) (CTranslate2 int8)): " in lines[0]
+    assert "student 4+2 (128) (CTranslate2 int8, shortlist): 9.4x" in lines[0]
+    wider = dict(data, meta=dict(data["meta"], bleu_budget=1.2))
+    line = [
+        line for line in bench_translate_report.table(wider).splitlines() if "recommended" in line
+    ][0]
+    assert "at most 1.2 BLEU below the best" in line
+    assert (
+        "student 5+1 (64) (CTranslate2 int8, shortlist): 17.4x the teacher in fairseq, 3.90x"
+        in line
+    )
+
+
 def test_front_and_recommended_student():
     """By construction: the fairseq student is beaten by the teacher in CTranslate2 int8,
     the third student by the second; the second is 0.5 BLEU below the best student."""

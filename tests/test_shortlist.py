@@ -225,3 +225,10 @@ def test_bench_translate_rows_with_and_without_shortlist(data_bin, teacher_ckpt,
         ("student (CTranslate2 int8, shortlist)", True),
     ]
     assert abs(rows[3]["bleu"] - rows[2]["bleu"]) <= BLEU_TOLERANCE
+
+
+def test_a_bad_bleu_budget_is_refused_before_any_work(evokd_main, tmp_path):
+    """Named before anything is read: the checkpoints given do not even exist."""
+    argv = ["bench-translate", "--teacher", tmp_path / "none.pt", "--student", tmp_path / "s.pt"]
+    code, _, err = evokd_main(*argv, "--data", tmp_path, "--bleu-budget", "-1")
+    assert code != 0 and "--bleu-budget -1.0: expected a number >= 0" in err

@@ -10,7 +10,10 @@ second, batched), latency (median and 90th percentile milliseconds, one sentence
 call, over the first --latency-sentences sentences), tokenized BLEU, sacreBLEU, chrF and
 BLEU lost against the first student in fairseq. Prints one table per beam and the
 results as JSON; with --json FILE also writes FILE, FILE's .md (the tables) and .png
-(speed-up against BLEU lost, one point per system and beam).
+(speed-up against BLEU lost, one point per system and beam). Under each table: the front
+(the systems no other is both faster and better than) and the recommended student, the
+fastest at most --bleu-budget BLEU below the best student, with its speed-up over the
+teacher in fairseq and in CTranslate2 int8 deployed the same way.
 
 --shortlist-data DATA_BIN builds a lexical shortlist from that folder's pairs (the
 students' distilled training data; as `evokd export --shortlist`) and writes it into every
@@ -193,6 +196,14 @@ def _add_outputs(parser):
     group.add_argument(
         "--json", metavar="FILE", help="also write the results here, the table and plot beside"
     )
+    group.add_argument(
+        "--bleu-budget",
+        type=float,
+        default=0.5,
+        metavar="B",
+        help="the recommendation under each table: the fastest student at most B BLEU below "
+        "the best student (default: %(default)s)",
+    )
 
 
 def run(args):
@@ -202,7 +213,9 @@ def run(args):
     from evokd.deploy.bench_translate import run_bench_translate
     from evokd.deploy.bench_translate_report import plot, table
     from evokd.deploy.shortlist import ShortlistSpec
+    from evokd.errors import check_number
 
+    check_number(args.bleu_budget, "--bleu-budget", 0, kind=float)
     shortlist = None
     if args.shortlist_data:
         shortlist = ShortlistSpec(data=args.shortlist_data, best=args.shortlist_best,
@@ -228,6 +241,7 @@ def run(args):
         shortlist=shortlist,
         use_shortlist=args.shortlist,
     )
+    result["meta"]["bleu_budget"] = args.bleu_budget
     printed = table(result)
     print(printed)
     if args.json:

@@ -14,7 +14,9 @@ def _number(value, digits=2):
 
 
 def table(result):
-    """The rows as markdown tables, one per beam, with the settings underneath."""
+    """The rows as markdown tables, one per beam, with the settings underneath; under each
+    table the front and the recommended student for the meta's ``bleu_budget`` (0.5 BLEU
+    where it has none)."""
     m = result["meta"]
     fixed = m["fixed_length"]
     lines = [f"**{COST_LABEL}**\n"] if fixed else []
@@ -41,7 +43,8 @@ def table(result):
         lines.append("")
         if not fixed:
             rows = [r for r in result["rows"] if r["beam"] == beam]
-            lines += [f"- {line}" for line in front_lines(rows)] + [""]
+            budget = m.get("bleu_budget", 0.5)
+            lines += [f"- {line}" for line in front_lines(rows, budget)] + [""]
     length = "outputs as long as the references" if fixed else f"at most {m['max_len']} tokens"
     threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
     lines.append(
