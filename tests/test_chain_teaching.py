@@ -238,6 +238,37 @@ def test_progress_line_names_how_the_teacher_is_read(micro_data, tmp_path):
     assert progress.describe(plan.stage("o")).startswith("resuming, 2 epochs")
 
 
+def test_training_left_counts_a_stage_on_a_clock_at_most_its_time(micro_data, tmp_path):
+    """After a stage of 100 updates in 50 s (0.5 s each): a stage of 10 updates is 5 s, one
+    of 40 epochs whose epoch size is not known yet but with --stop-time-hours 0.01 at most
+    36 s, and a stage of 1,000 updates with the plan's 0.02 hours 72 s, not 500."""
+    from evokd.chain.plan import load_plan
+    from evokd.chain.progress import Progress
+    from evokd.chain.runner import Chain
+
+    arch = "transformer_evokd_tiny_student"
+    stages = [
+        dict(name="a", arch=arch, max_update=100),
+        dict(name="b", arch=arch, max_update=10),
+        dict(name="c", arch=arch, max_epoch=40, flags={"stop-time-hours": 0.01}),
+        dict(name="d", arch=arch, max_update=1000),
+    ]
+    train = {**TRAIN, "stop-time-hours": 0.02}  # the plan's, for every stage without its own
+    plan = load_plan(str(write_plan(tmp_path, micro_data, stages, train=train)))
+    progress = Progress(Chain(plan, checkpoints=tmp_path / "checkpoints").trainer, plan.stages)
+    line = progress.finished(plan.stage("a"), {"updates": 100, "wall_seconds": 50.0}, 50.0)
+    assert line.startswith("done in 50s, 100 updates (0.50 s/update)")
+    assert line.endswith(", about 1m53s of training left")  # 5 + 36 + 72 = 113 s
+    # the stage without a clock of its own takes the plan's: 5 + 72 + 72 = 149 s
+    plan.stages[2].flags.clear()
+    line = progress.finished(plan.stage("a"), {"updates": 100, "wall_seconds": 50.0}, 50.0)
+    assert line.endswith(", about 2m29s of training left")
+    # with no clock at all, a stage whose epoch size is not known leaves the estimate out
+    del plan.train["stop-time-hours"]
+    line = progress.finished(plan.stage("a"), {"updates": 100, "wall_seconds": 50.0}, 50.0)
+    assert "of training left" not in line
+
+
 # ---------------------------------------------------------------------------------------
 # The dry run checks what a real run checks before training, and lists every step.
 

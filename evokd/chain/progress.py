@@ -12,6 +12,13 @@ def clock(seconds):
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def time_limit(plan, stage):
+    """The seconds that fairseq's ``--stop-time-hours`` (the plan's or the stage's) allows
+    the stage, or None."""
+    hours = {**plan.train, **stage.flags}.get("stop-time-hours")
+    return float(hours) * 3600 if hours is not None else None
+
+
 def budget(stage):
     if stage.max_update:
         return f"{stage.max_update} updates"
@@ -73,9 +80,14 @@ class Progress:
                 continue
             per_epoch = self.updates_per_epoch(other)
             n = other.max_update or (per_epoch and other.max_epoch * per_epoch)
-            known = known and bool(n) and bool(self.updates)
-            if known:
-                left += n * self.seconds / self.updates
+            limit = time_limit(self.trainer.plan, other)  # a stage on a clock ends on time
+            if n and self.updates:
+                seconds = n * self.seconds / self.updates
+                left += min(seconds, limit) if limit else seconds
+            elif limit:
+                left += limit
+            else:
+                known = False
         line += f"; {clock(time.time() - self.start)} so far"
         if rest and known:
             line += f", about {clock(left)} of training left"
