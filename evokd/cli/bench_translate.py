@@ -199,7 +199,7 @@ def _add_outputs(parser):
     group.add_argument(
         "--bleu-budget",
         type=float,
-        default=0.5,
+        default=0.5,  # deploy.bench_translate_report.BLEU_BUDGET, not imported: --help stays light
         metavar="B",
         help="the recommendation under each table: the fastest student at most B BLEU below "
         "the best student (default: %(default)s)",

@@ -16,7 +16,7 @@ from pathlib import Path
 from evokd.core.runtime import FAIRSEQ_CONFIG_LOCK
 from evokd.data.folder import dictionary_path, dictionary_size, symbols
 from evokd.errors import EvokdError
-from evokd.files import publish
+from evokd.files import partial_path, publish
 
 logger = logging.getLogger(__name__)
 
@@ -275,9 +275,9 @@ def repair_interrupted_save(folder):
     whole = sorted((p for p in files if p not in broken), key=lambda p: p.stat().st_mtime_ns)
     for path in broken:
         if whole:
-            tmp = path.with_name(path.name + ".tmp")
-            shutil.copyfile(whole[-1], tmp)
-            publish(tmp, path)
+            partial = partial_path(path)
+            shutil.copyfile(whole[-1], partial)
+            publish(partial, path)
             logger.warning(
                 "%s was truncated (a save cut short); replaced by %s", path, whole[-1].name
             )

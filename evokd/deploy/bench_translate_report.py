@@ -8,6 +8,10 @@ from evokd.core import plots
 from evokd.deploy.bench_translate import COST_LABEL
 from evokd.files import write_png
 
+# The recommendation's default: the fastest student at most this many BLEU below the best
+# (`evokd bench-translate --bleu-budget`).
+BLEU_BUDGET = 0.5
+
 
 def _number(value, digits=2):
     return "-" if value is None else f"{round(value, digits) + 0.0:.{digits}f}"  # no -0.00
@@ -15,8 +19,8 @@ def _number(value, digits=2):
 
 def table(result):
     """The rows as markdown tables, one per beam, with the settings underneath; under each
-    table the front and the recommended student for the meta's ``bleu_budget`` (0.5 BLEU
-    where it has none)."""
+    table the front and the recommended student for the meta's ``bleu_budget``
+    (:data:`BLEU_BUDGET` where it has none)."""
     m = result["meta"]
     fixed = m["fixed_length"]
     lines = [f"**{COST_LABEL}**\n"] if fixed else []
@@ -43,7 +47,7 @@ def table(result):
         lines.append("")
         if not fixed:
             rows = [r for r in result["rows"] if r["beam"] == beam]
-            budget = m.get("bleu_budget", 0.5)
+            budget = m.get("bleu_budget", BLEU_BUDGET)
             lines += [f"- {line}" for line in front_lines(rows, budget)] + [""]
     length = "outputs as long as the references" if fixed else f"at most {m['max_len']} tokens"
     threads = f"{m['threads']} thread" + ("s" if m["threads"] != 1 else "")
@@ -71,7 +75,7 @@ def front(rows):
     return sorted((r for r in rows if not beaten(r)), key=lambda r: -r["speedup"])
 
 
-def recommend(rows, max_loss=0.5):
+def recommend(rows, max_loss=BLEU_BUDGET):
     """For one beam: the fastest student (a model other than the teacher) whose BLEU is at
     most ``max_loss`` below the best student's, with its speed-up over the teacher in
     CTranslate2 int8 when that ran, with a shortlist when the student's row used one and
@@ -92,7 +96,7 @@ def recommend(rows, max_loss=0.5):
     return {"row": row, "loss": best["bleu"] - row["bleu"], "best": best, "over_teacher_ct2": over}
 
 
-def front_lines(rows, max_loss=0.5):
+def front_lines(rows, max_loss=BLEU_BUDGET):
     """Markdown lines for one beam: the front, and the recommended student."""
     lines = ["front (no system faster and better): " + "; ".join(
         f"{r['system']} {r['speedup']:.1f}x, {r['bleu']:.2f}" for r in front(rows))]  # fmt: skip
