@@ -73,9 +73,8 @@ def _strings(folder, lang="en"):
 
 
 def test_targets_equal_fairseq_generate(distilled, prepared, teacher_ckpt):
-    _, out = utils.run(
-        utils.fairseq_script("fairseq-generate")
-        + [str(prepared), "--user-dir", utils.EVOKD_DIR, "--path", str(teacher_ckpt)]
+    out = utils.generate_in_process(
+        [str(prepared), "--user-dir", utils.EVOKD_DIR, "--path", str(teacher_ckpt)]
         + ["--gen-subset", "train", "--max-tokens", str(MAX_TOKENS), *DECODING]
         + ["--required-batch-size-multiple", "1", "--cpu"]
     )

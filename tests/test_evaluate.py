@@ -96,9 +96,8 @@ def test_tokenized_bleu_is_fairseq_generates_bleu4(evokd_main, averaged_result, 
     code, _, err = evokd_main("evaluate", checkpoint, "--data", data, "--out", out, *FAST)
     assert code == 0, err
     result = read_json(out)
-    _, log = utils.run(
-        utils.fairseq_script("fairseq-generate")
-        + [str(data), "--path", checkpoint, "--user-dir", utils.EVOKD_DIR, "--gen-subset", "test"]
+    log = utils.generate_in_process(
+        [str(data), "--path", checkpoint, "--user-dir", utils.EVOKD_DIR, "--gen-subset", "test"]
         + ["--remove-bpe", "--beam", "2", "--max-len-b", "8", "--max-tokens", "8000"]
         + ["--required-batch-size-multiple", "1", "--cpu"]
     )

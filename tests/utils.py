@@ -94,12 +94,11 @@ def make_data_bin(root, n_train=200, n_valid=40):
             lines = [" ".join(re.findall(r"\w+|[^\w\s]", p[i].lower())) for p in pairs]
             (text / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     dest = root / "bin"
-    run(
-        fairseq_script("fairseq-preprocess")
-        + ["--source-lang", "de", "--target-lang", "en", "--joined-dictionary"]
-        + ["--trainpref", str(text / "train"), "--validpref", str(text / "valid")]
-        + ["--testpref", str(text / "valid"), "--destdir", str(dest), "--workers", "1"]
-    )
+    argv = ["--source-lang", "de", "--target-lang", "en", "--joined-dictionary"]
+    argv += ["--trainpref", str(text / "train"), "--validpref", str(text / "valid")]
+    argv += ["--testpref", str(text / "valid"), "--destdir", str(dest), "--workers", "1"]
+    out = io.StringIO()  # fairseq-preprocess in this process
+    assert fairseq_main("preprocess", argv, out) == 0, out.getvalue()[-4000:]
     return dest
 
 
@@ -244,6 +243,16 @@ def run_process_in_this_one(real):
             _ONE_AT_A_TIME.release()
 
     return run_process
+
+
+def generate_in_process(argv):
+    """Stock fairseq-generate in this process; returns its output (H- lines, BLEU4 line).
+    No data-loading worker process (``--num-workers 0``, as evokd runs it): a worker left to
+    the garbage collector would hold this process up to 5 s as it is joined."""
+    out = io.StringIO()
+    code = fairseq_main("generate", [*map(str, argv), "--num-workers", "0"], out)
+    assert code == 0, out.getvalue()[-4000:]
+    return out.getvalue()
 
 
 def train_in_process(argv):

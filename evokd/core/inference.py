@@ -86,18 +86,18 @@ class Translator:
 
     def __init__(self, checkpoint, data, subset, decoding, device, flag="--teacher"):
         from evokd.core.checkpoint import load_checkpoint, state_languages
-        from evokd.core.runtime import parse_config, translation_task
+        from evokd.core.runtime import translation_config, translation_task
 
         state = load_checkpoint(str(checkpoint), flag)  # read once: languages, then the model
         src, tgt = state_languages(state)
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in decoding.items()]
+        cfg = translation_config(str(data), src, tgt, flags)  # parsed once: task and decoding
         try:
-            self.task = translation_task(str(data), [subset], src, tgt)
+            self.task = translation_task(str(data), [subset], cfg=cfg)
         except FileNotFoundError as exc:  # a dictionary or the subset
             raise EvokdError(f"--data {data}: {exc} (expected fairseq binarized data)") from exc
         self.dataset = self.task.dataset(subset)
         self.device = device
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in decoding.items()]
-        cfg = parse_config([str(data), *flags], parser="generation")
         self.model = load_frozen_model(checkpoint, self.task, flag, device, state=state)
         self.model.prepare_for_inference_(cfg)  # as fairseq-generate does
         self.generator = self.task.build_generator([self.model], cfg.generation)

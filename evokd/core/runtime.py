@@ -30,16 +30,23 @@ def parse_config(argv, parser="training", default_task="translation"):
         return convert_namespace_to_omegaconf(args)
 
 
-def translation_task(data, subsets=(), src=None, tgt=None, extra=()):
-    """fairseq's translation task on ``data`` with ``subsets`` loaded."""
-    from fairseq import tasks
-
+def translation_config(data, src=None, tgt=None, extra=()):
+    """fairseq-generate's configuration of the translation task on ``data``; ``extra``:
+    more generation flags (decoding settings)."""
     argv = [data, "--task", "translation", *extra]
     if src:
         argv += ["--source-lang", src]
     if tgt:
         argv += ["--target-lang", tgt]
-    cfg = parse_config(argv, parser="generation")
+    return parse_config(argv, parser="generation")
+
+
+def translation_task(data, subsets=(), src=None, tgt=None, extra=(), cfg=None):
+    """fairseq's translation task on ``data`` with ``subsets`` loaded. ``cfg``: the
+    configuration of :func:`translation_config` when the caller has parsed it already."""
+    from fairseq import tasks
+
+    cfg = cfg or translation_config(data, src, tgt, extra)
     task = tasks.setup_task(cfg.task)
     for subset in subsets:
         task.load_dataset(subset)
