@@ -88,6 +88,35 @@ def test_targets_equal_fairseq_generate(distilled, prepared, teacher_ckpt):
     assert len({len(h.split()) for h in expected}) > 3
 
 
+def test_translation_settings_from_the_parser_are_the_composed_configs(data_bin):
+    """The Translator's task and beam search are set up from fairseq-generate's parsed flags,
+    without composing the whole FairseqConfig through Hydra: the settings are fairseq's
+    composed config's, field for field."""
+    import dataclasses
+
+    from fairseq.dataclass.configs import GenerationConfig
+    from fairseq.tasks.translation import TranslationConfig
+    from omegaconf import OmegaConf
+
+    from evokd.core.runtime import parse_config, translation_args
+
+    flags = ["--beam=4", "--lenpen=0.6", "--max-len-a=1.2", "--max-len-b=10"]
+    flags += ["--print-alignment=hard", "--max-source-positions=64"]
+    args = translation_args(str(data_bin), "de", "en", flags)
+    argv = [data_bin, "--task", "translation", "--source-lang", "de", "--target-lang", "en"]
+    composed = parse_config(argv + flags, parser="generation")
+    for config, node in (
+        (TranslationConfig, composed.task),
+        (GenerationConfig, composed.generation),
+    ):
+        expected = OmegaConf.to_container(node, resolve=True)
+        found = config.from_namespace(args)
+        names = [f.name for f in dataclasses.fields(config) if not f.name.startswith("_")]
+        assert len(names) > 20
+        assert {n: getattr(found, n) for n in names} == {n: expected[n] for n in names}
+    assert (args.beam, args.max_source_positions, args.source_lang) == (4, 64, "de")
+
+
 def test_everything_but_the_targets_is_copied(distilled, prepared):
     names = ["dict.de.txt", "dict.en.txt", "preprocess.log"] + SPLIT_FILES + TRAIN_SRC
     assert _bytes(distilled, names) == _bytes(prepared, names)

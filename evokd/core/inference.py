@@ -14,6 +14,7 @@ module's output is tested against.
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -85,22 +86,26 @@ class Translator:
     """
 
     def __init__(self, checkpoint, data, subset, decoding, device, flag="--teacher"):
+        from fairseq.dataclass.configs import GenerationConfig
+
         from evokd.core.checkpoint import load_checkpoint, state_languages
-        from evokd.core.runtime import translation_config, translation_task
+        from evokd.core.runtime import translation_args, translation_task
 
         state = load_checkpoint(str(checkpoint), flag)  # read once: languages, then the model
         src, tgt = state_languages(state)
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in decoding.items()]
-        cfg = translation_config(str(data), src, tgt, flags)  # parsed once: task and decoding
+        args = translation_args(str(data), src, tgt, flags)  # parsed once: task and decoding
+        generation = GenerationConfig.from_namespace(args)
         try:
-            self.task = translation_task(str(data), [subset], cfg=cfg)
+            self.task = translation_task(str(data), [subset], args=args)
         except FileNotFoundError as exc:  # a dictionary or the subset
             raise EvokdError(f"--data {data}: {exc} (expected fairseq binarized data)") from exc
         self.dataset = self.task.dataset(subset)
         self.device = device
         self.model = load_frozen_model(checkpoint, self.task, flag, device, state=state)
-        self.model.prepare_for_inference_(cfg)  # as fairseq-generate does
-        self.generator = self.task.build_generator([self.model], cfg.generation)
+        # as fairseq-generate does (of its config, this reads the generation settings only)
+        self.model.prepare_for_inference_(SimpleNamespace(generation=generation))
+        self.generator = self.task.build_generator([self.model], generation)
 
     def plan_batches(self, max_tokens, ids=None, too_long="error"):
         """fairseq-generate's batches, cut by ``max_tokens``.

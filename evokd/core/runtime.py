@@ -2,6 +2,9 @@
 
 Building fairseq's config dataclasses directly shares nested objects between instances in
 ve-fairseq and leaves their ``II(...)`` interpolations unresolved; the parser does neither.
+A translation task and its beam search need no whole FairseqConfig: they are set up from the
+parser's namespace (:func:`generation_args`), as fairseq's legacy path does, which gives the
+same task and generation settings as the composed config (tests/test_distill_data.py).
 """
 
 import threading
@@ -30,24 +33,35 @@ def parse_config(argv, parser="training", default_task="translation"):
         return convert_namespace_to_omegaconf(args)
 
 
-def translation_config(data, src=None, tgt=None, extra=()):
-    """fairseq-generate's configuration of the translation task on ``data``; ``extra``:
-    more generation flags (decoding settings)."""
+def generation_args(argv, default_task="translation"):
+    """fairseq-generate's flags ``argv`` as its parser reads and checks them: an argparse
+    namespace, which fairseq's ``tasks.setup_task`` and ``build_generator`` take (its legacy
+    path: the task's config dataclass filled from the namespace). Composing the whole
+    FairseqConfig through Hydra, as :func:`parse_config` does, costs about 0.25 s a call."""
+    from fairseq import options
+
+    with FAIRSEQ_CONFIG_LOCK:
+        p = options.get_generation_parser(default_task=default_task)
+        return options.parse_args_and_arch(p, input_args=[str(a) for a in argv])
+
+
+def translation_args(data, src=None, tgt=None, extra=()):
+    """:func:`generation_args` of the translation task on ``data``; ``extra``: more
+    generation flags (decoding settings)."""
     argv = [data, "--task", "translation", *extra]
     if src:
         argv += ["--source-lang", src]
     if tgt:
         argv += ["--target-lang", tgt]
-    return parse_config(argv, parser="generation")
+    return generation_args(argv)
 
 
-def translation_task(data, subsets=(), src=None, tgt=None, extra=(), cfg=None):
-    """fairseq's translation task on ``data`` with ``subsets`` loaded. ``cfg``: the
-    configuration of :func:`translation_config` when the caller has parsed it already."""
+def translation_task(data, subsets=(), src=None, tgt=None, extra=(), args=None):
+    """fairseq's translation task on ``data`` with ``subsets`` loaded. ``args``: the flags of
+    :func:`translation_args` when the caller has parsed them already."""
     from fairseq import tasks
 
-    cfg = cfg or translation_config(data, src, tgt, extra)
-    task = tasks.setup_task(cfg.task)
+    task = tasks.setup_task(args or translation_args(data, src, tgt, extra))
     for subset in subsets:
         task.load_dataset(subset)
     return task
