@@ -11,12 +11,16 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: setup demo test lint format clean-demo
 
+# The installed modules are byte-compiled once, on every core (pip compiles one file at a
+# time; where PYTHONDONTWRITEBYTECODE is set, nothing is compiled later and every process
+# would compile torch again). Like pip, a file that does not compile is left as it is.
+SITE = $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# --no-compile: a module is byte-compiled when it is first imported, not every module
-	# of torch and transformers at install time (about 20 s less on 2 cores)
 	$(BIN)/python -m pip install --quiet --no-compile "$(TORCH)" -e ".[test,teachers]"
+	$(BIN)/python -m compileall -q -j 0 "$(SITE)" >/dev/null 2>&1 || true
 	touch $@
 
 setup: $(VENV)/.installed
