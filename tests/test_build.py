@@ -15,7 +15,6 @@ import pytest
 from evokd import files
 from evokd.core import build as cb
 from evokd.errors import EvokdError
-from tests import utils
 
 SIZES = [5, 3, 5, 1, 3, 2, 4, 1, 2, 6, 3]  # source lengths of 11 examples
 ORDER = [3, 7, 5, 8, 1, 4, 10, 6, 0, 2, 9]  # by length, ties by id (sorted by hand)
@@ -66,6 +65,10 @@ def run(out, chunk_size=4, processes=1, settings=None):
 
 def killed(monkeypatch, out, module, name, n, **kwargs):
     """``run(out)`` stopped at the ``n``-th call of ``module.name``, before it runs."""
+    # imported here: the build's worker processes import this module, and tests.utils
+    # would have them import fairseq, which they do not use
+    from tests import utils
+
     with monkeypatch.context() as patch:
         utils.interrupt_on_call(patch, module, name, n)
         with pytest.raises(KeyboardInterrupt):
