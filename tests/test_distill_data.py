@@ -88,6 +88,41 @@ def test_targets_equal_fairseq_generate(distilled, prepared, teacher_ckpt):
     assert len({len(h.split()) for h in expected}) > 3
 
 
+def test_loops_are_sequences_of_one_to_three_tokens_repeated():
+    assert dd.loops([4, 5, 5, 5, 6], 3) and not dd.loops([4, 5, 5, 6, 5], 3)
+    assert dd.loops([1, 2, 1, 2, 1, 2], 3) and not dd.loops([1, 2, 1, 2], 3)
+    assert dd.loops([9, 1, 1, 2, 1, 1, 2, 1, 1, 2, 9], 3)  # "1 1 2" three times
+    assert not dd.loops([1, 2, 3, 4] * 3, 3)  # four tokens: longer than a loop
+    assert dd.loops([7, 7], 2) and not dd.loops([], 2)
+
+
+def _looping(line, times=3):
+    """The same rule on the text, by a regular expression: 1 to 3 words, ``times`` in a row."""
+    pattern = r"(?:^| )((?:\S+ ){0,2}\S+)(?: \1){" + str(times - 1) + r"}(?= |$)"
+    return re.search(pattern, line) is not None
+
+
+def test_looping_targets_fall_back_to_their_references(distilled, prepared, teacher_ckpt, tmp_path):
+    out = tmp_path / "fallback"
+    info = dd.distill_data(
+        teacher_ckpt, prepared, out, beam=5, max_len_a=0.8, max_len_b=4, max_tokens=MAX_TOKENS,
+        engine="fairseq", loop_fallback=14, cpu=True,
+    )  # fmt: skip
+    hyps, refs = _strings(distilled), _strings(prepared)
+    # the tiny teacher writes "a a a ..." for every sentence: 14 in a row in some of them
+    looping = [i for i, h in enumerate(hyps) if _looping(h, 14)]
+    assert 0 < len(looping) < len(hyps)
+    assert _strings(out) == [refs[i] if i in looping else h for i, h in enumerate(hyps)]
+    assert info["replaced_by_reference"] == len(looping) and info["loop_fallback"] == 14
+    assert info["fingerprint"]["loop_fallback"] == 14
+    assert _bytes(out, TRAIN_SRC) == _bytes(prepared, TRAIN_SRC)  # the sources as they were
+    with pytest.raises(EvokdError, match="made with other settings"):
+        dd.distill_data(teacher_ckpt, prepared, out, beam=5, max_len_a=0.8, max_len_b=4,
+                        max_tokens=MAX_TOKENS, engine="fairseq", cpu=True)  # fmt: skip
+    with pytest.raises(EvokdError, match="--loop-fallback 1: expected 0"):
+        dd.distill_data(teacher_ckpt, prepared, tmp_path / "x", loop_fallback=1)
+
+
 def test_translation_settings_from_the_parser_are_the_composed_configs(data_bin):
     """The Translator's task and beam search are set up from fairseq-generate's parsed flags,
     without composing the whole FairseqConfig through Hydra: the settings are fairseq's

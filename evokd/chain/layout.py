@@ -90,6 +90,8 @@ class Layout:
         if stage.seqkd:
             spec = stage.seqkd
             suffix = "+refs" if spec.get("keep-references") else ""
+            if spec.get("loop-fallback"):  # other targets: another folder
+                suffix += f"+loop-fallback{spec['loop-fallback']}"
             engine = self.seqkd_engine(spec)
             if engine != "fairseq":  # another engine, other data
                 suffix = f".{engine}-{spec.get('ct2-quantization', 'float32')}{suffix}"

@@ -93,6 +93,12 @@ def add_arguments(parser):
         help="keep the real pairs and add the distilled ones after them in SUBSET (training "
         "then sees both: twice the pairs)",
     )
+    parser.add_argument(
+        "--loop-fallback", type=int, default=0, metavar="N",
+        help="a fairseq teacher's target that repeats a sequence of 1 to 3 tokens N times in a "
+        "row (a beam search caught in a loop) is replaced by the reference target (default: "
+        "0, every target kept)",
+    )  # fmt: skip
     group = add_decoding_arguments(parser)
     group.add_argument(
         "--chunk-size", type=int, default=2048, metavar="N",
@@ -181,6 +187,8 @@ def check_engine(args):
             )
         if args.ct2_quantization:
             raise EvokdError("--ct2-quantization: only for a fairseq checkpoint teacher")
+        if args.loop_fallback:
+            raise EvokdError("--loop-fallback: only for a fairseq checkpoint teacher")
         return
     if args.engine is None:
         from evokd.distill.ct2 import default_engine
@@ -215,6 +223,7 @@ def run(args):
         max_len_b=args.max_len_b,
         max_tokens=args.max_tokens,
         keep_references=args.keep_references,
+        loop_fallback=args.loop_fallback,
         cpu=args.cpu,
         processes=args.processes,
         chunk_size=args.chunk_size,

@@ -10,7 +10,7 @@ from evokd.core.decoding import DECODING
 from evokd.errors import EvokdError
 
 COMMON = ("beam", "max_len_a", "max_len_b", "keep_references", "chunk_size")
-FAIRSEQ = ("lenpen", "max_tokens", "processes", "engine", "ct2_quantization")  # seqkd.distill_data
+FAIRSEQ = ("lenpen", "max_tokens", "processes", "engine", "ct2_quantization", "loop_fallback")
 # the text path's own options: each with the TeacherSettings field it sets
 SETTINGS = {
     "batch_size": "batch_size", "teacher_model": "model", "teacher_tokenizer": "tokenizer",

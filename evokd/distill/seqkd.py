@@ -30,6 +30,11 @@ same settings verifies it and does nothing; with other settings it is an error n
 :func:`open_distilled` (what the rerun, ``evokd mckd`` and ``evokd verify`` open a distilled
 folder with) checks every file against its recorded sha256 and counts the pairs.
 
+With ``loop_fallback`` N, a target that repeats a sequence of one, two or three tokens N
+times in a row (a beam search caught in a loop: "of the middle of the middle of the
+middle") is replaced by the pair's reference target; ``distill.json`` counts them
+(``replaced_by_reference``). The source side stays as it was.
+
 With ``engine="ctranslate2"`` the chunks of the same plan are translated by the teacher
 converted to CTranslate2 (:mod:`evokd.distill.ct2`) instead; the fingerprint then holds the
 engine, the quantization and the CTranslate2 version, and ``distill.json`` the converted
@@ -217,6 +222,28 @@ def _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size
         raise EvokdError(f"--max-len-a {lens[0]} --max-len-b {lens[1]}: expected A >= 0 and B >= 1")
 
 
+def loops(tokens, times, longest=3):
+    """Whether ``tokens`` hold a sequence of 1 to ``longest`` tokens ``times`` times in a row."""
+    tokens = list(tokens)
+    for n in range(1, longest + 1):
+        for i in range(len(tokens) - times * n + 1):
+            if all(tokens[i + k * n : i + (k + 1) * n] == tokens[i : i + n] for k in range(times)):
+                return True
+    return False
+
+
+def _fall_back(data, info, hypos, times):
+    """``hypos`` with each looping one replaced by its reference target; how many were."""
+    from fairseq.data import data_utils
+
+    path = Path(data) / f"{info['subset']}.{info['pair']}.{info['target_lang']}"
+    refs = data_utils.load_indexed_dataset(str(path), None)
+    replaced = [i for i, h in enumerate(hypos) if loops(h[:-1], times)]
+    for i in replaced:
+        hypos[i] = refs[i].numpy().astype(hypos[i].dtype)
+    return hypos, len(replaced)
+
+
 def _info(record, translator, pair, keep_references, hypos, seconds, processes):
     """The content of ``distill.json``, without the wall time."""
     fingerprint, data = record["fingerprint"], record["data"]
@@ -263,6 +290,7 @@ def distill_data(
     max_len_b=DECODING["max_len_b"],
     max_tokens=DECODING["max_tokens"],
     keep_references=False,
+    loop_fallback=0,
     cpu=False,
     processes=1,
     chunk_size=2048,
@@ -288,6 +316,8 @@ def distill_data(
     data, out = str(data), Path(out)
     lens = (max_len_a, max_len_b)
     _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out)
+    if not isinstance(loop_fallback, int) or loop_fallback < 0 or loop_fallback == 1:
+        raise EvokdError(f"--loop-fallback {loop_fallback}: expected 0 (off) or N >= 2")
     ctranslate2 = check_engine(engine, ct2_quantization)
     decoding = {"beam": beam, "lenpen": lenpen, "max_len_a": max_len_a, "max_len_b": max_len_b}
     # Checks the teacher, the data, the dictionaries and the sizes before any long work.
@@ -304,6 +334,8 @@ def distill_data(
     }
     if ctranslate2 is not None:
         fingerprint.update(ct2_quantization=ct2_quantization, ctranslate2=ctranslate2.__version__)
+    if loop_fallback:  # only when set: folders made before the option stay valid
+        fingerprint["loop_fallback"] = loop_fallback
     record = {"teacher": str(teacher_path), "data": data, "fingerprint": fingerprint}
     settings = _recorded(record)
     chunks = plan(translator, max_tokens, chunk_size)
@@ -325,8 +357,14 @@ def distill_data(
 
     def merge(dest, folders):
         hypos, seconds = read_chunks(folders, len(translator.dataset))
+        replaced = 0
+        if loop_fallback:
+            where = {"subset": subset, "pair": pair, "target_lang": tgt}
+            hypos, replaced = _fall_back(data, where, hypos, loop_fallback)
         info = _info(record, translator, pair, keep_references, hypos, seconds, processes)
         info.update(engine_info)
+        if loop_fallback:
+            info.update(loop_fallback=loop_fallback, replaced_by_reference=replaced)
         info["wall_seconds"] = round(time.perf_counter() - start, 1)
         write_distilled(dest, data, hypos, info)
         return info
