@@ -246,6 +246,8 @@ def test_flag_errors(data_bin, teacher_ckpt, tmp_path, monkeypatch):
     (folder / "model.bin").write_bytes(b"")
     code, output = distill(folder, data_bin, tmp_path / "a", "--engine", "ctranslate2")
     assert code == 2 and "only for a fairseq checkpoint teacher" in output
+    code, output = distill(folder, data_bin, tmp_path / "a", "--loop-fallback", "3")
+    assert code == 2 and "--loop-fallback: only for a fairseq checkpoint teacher" in output
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import fails
     code, output = distill(teacher_ckpt, data_bin, tmp_path / "a", "--engine", "ctranslate2")
     assert code == 2 and "--engine ctranslate2" in output and "pip install" in output
@@ -273,7 +275,9 @@ def test_the_engine_when_none_is_named(data_bin, teacher_ckpt, tmp_path, monkeyp
         "  - {name: t, arch: transformer_evokd_tiny_senior, max_epoch: 1}\n"
         "  - {name: a, arch: transformer_evokd_tiny_student, max_epoch: 1, seqkd: {teacher: t}}\n"
         "  - {name: b, arch: transformer_evokd_tiny_student, max_epoch: 1,\n"
-        "     seqkd: {teacher: t, engine: fairseq}}\n",
+        "     seqkd: {teacher: t, engine: fairseq}}\n"
+        "  - {name: c, arch: transformer_evokd_tiny_student, max_epoch: 1,\n"
+        "     seqkd: {teacher: t, engine: fairseq, loop-fallback: 3}}\n",
         encoding="utf-8",
     )
     plan = load_plan(str(plan_file))
@@ -287,6 +291,10 @@ def test_the_engine_when_none_is_named(data_bin, teacher_ckpt, tmp_path, monkeyp
         f"{data_bin.name}.seqkd-e-t.ctranslate2-float32",
         f"{data_bin.name}.seqkd-e-t",
     ]
+    # other targets (looping ones replaced by their references): another folder
+    assert (
+        Path(layout.stage_data(plan.stage("c"))).name == f"{data_bin.name}.seqkd-e-t+loop-fallback3"
+    )
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # not installed
     assert resolved() == "fairseq"
     assert folders() == [f"{data_bin.name}.seqkd-e-t"] * 2
