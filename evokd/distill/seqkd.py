@@ -206,7 +206,8 @@ def check_out(data, out):
         )
 
 
-def _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out):
+def _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out,
+                     loop_fallback):  # fmt: skip
     from evokd.core.checkpoint import check_exists
 
     check_exists(teacher_path, "--teacher")
@@ -220,6 +221,8 @@ def _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size
         raise EvokdError(f"--chunk-size {chunk_size}: expected N >= 1")
     if lens[0] < 0 or lens[1] < 1:
         raise EvokdError(f"--max-len-a {lens[0]} --max-len-b {lens[1]}: expected A >= 0 and B >= 1")
+    if not isinstance(loop_fallback, int) or loop_fallback < 0 or loop_fallback == 1:
+        raise EvokdError(f"--loop-fallback {loop_fallback}: expected 0 (off) or N >= 2")
 
 
 def loops(tokens, times, longest=3):
@@ -232,12 +235,12 @@ def loops(tokens, times, longest=3):
     return False
 
 
-def _fall_back(data, info, hypos, times):
-    """``hypos`` with each looping one replaced by its reference target; how many were."""
+def _fall_back(references, hypos, times):
+    """``hypos`` with each looping one replaced by its reference target (from the binarized
+    file prefix ``references``); how many were."""
     from fairseq.data import data_utils
 
-    path = Path(data) / f"{info['subset']}.{info['pair']}.{info['target_lang']}"
-    refs = data_utils.load_indexed_dataset(str(path), None)
+    refs = data_utils.load_indexed_dataset(str(references), None)
     replaced = [i for i, h in enumerate(hypos) if loops(h[:-1], times)]
     for i in replaced:
         hypos[i] = refs[i].numpy().astype(hypos[i].dtype)
@@ -315,9 +318,9 @@ def distill_data(
     start = time.perf_counter()
     data, out = str(data), Path(out)
     lens = (max_len_a, max_len_b)
-    _check_arguments(teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out)
-    if not isinstance(loop_fallback, int) or loop_fallback < 0 or loop_fallback == 1:
-        raise EvokdError(f"--loop-fallback {loop_fallback}: expected 0 (off) or N >= 2")
+    _check_arguments(
+        teacher_path, data, beam, max_tokens, processes, chunk_size, lens, out, loop_fallback
+    )
     ctranslate2 = check_engine(engine, ct2_quantization)
     decoding = {"beam": beam, "lenpen": lenpen, "max_len_a": max_len_a, "max_len_b": max_len_b}
     # Checks the teacher, the data, the dictionaries and the sizes before any long work.
@@ -359,8 +362,8 @@ def distill_data(
         hypos, seconds = read_chunks(folders, len(translator.dataset))
         replaced = 0
         if loop_fallback:
-            where = {"subset": subset, "pair": pair, "target_lang": tgt}
-            hypos, replaced = _fall_back(data, where, hypos, loop_fallback)
+            references = Path(data) / f"{subset}.{pair}.{tgt}"
+            hypos, replaced = _fall_back(references, hypos, loop_fallback)
         info = _info(record, translator, pair, keep_references, hypos, seconds, processes)
         info.update(engine_info)
         if loop_fallback:
